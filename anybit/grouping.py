@@ -94,7 +94,11 @@ def to_groups(x2d: torch.Tensor, gran: Granularity) -> torch.Tensor:
     br, bc = gran.block_shape
     if rows % br or cols % bc:
         raise ShapeError(f"block {br}x{bc} does not tile {rows}x{cols}")
-    return x2d.reshape(rows // br, br, cols // bc, bc).permute(0, 2, 1, 3).reshape(rows // br, cols // bc, br * bc)
+    return (
+        x2d.reshape(rows // br, br, cols // bc, bc)
+        .permute(0, 2, 1, 3)
+        .reshape(rows // br, cols // bc, br * bc)
+    )
 
 
 def from_groups(g: torch.Tensor, gran: Granularity, shape2d: tuple[int, int]) -> torch.Tensor:

@@ -102,7 +102,11 @@ def _round_unit(
 
 
 def _fake_groups(
-    g: torch.Tensor, s_raw: torch.Tensor, lo: torch.Tensor, scheme: QScheme, fmt: NumberFormat,
+    g: torch.Tensor,
+    s_raw: torch.Tensor,
+    lo: torch.Tensor,
+    scheme: QScheme,
+    fmt: NumberFormat,
     ctx: ScaleContext,
 ) -> torch.Tensor:
     s = round_scales(s_raw, scheme, ctx)
@@ -223,7 +227,11 @@ def _final_scales(s_raw: torch.Tensor, scheme: QScheme, ctx: ScaleContext):
 
 
 def _member_values(
-    g: torch.Tensor, s: torch.Tensor, lo: torch.Tensor, scheme: QScheme, member: NumberFormat,
+    g: torch.Tensor,
+    s: torch.Tensor,
+    lo: torch.Tensor,
+    scheme: QScheme,
+    member: NumberFormat,
     ctx: ScaleContext,
 ) -> tuple[torch.Tensor | None, torch.Tensor]:
     """(effective zero, rounded unit-grid values) of every group for one member format."""
@@ -262,7 +270,9 @@ def quantize(
         zeros = zero_eff.to(_zero_dtype(scheme))
     codes2d = from_groups(code_groups, scheme.granularity, tuple(rows.shape))  # type: ignore[arg-type]
     type_ids = ids.to(torch.uint8) if ids is not None else None
-    return QTensor(codes2d.reshape(t.shape).contiguous(), stored_scales, scheme, tuple(t.shape), zeros, type_ids)
+    return QTensor(
+        codes2d.reshape(t.shape).contiguous(), stored_scales, scheme, tuple(t.shape), zeros, type_ids
+    )
 
 
 def fake_quantize(t: torch.Tensor, scheme: QScheme | str, *, name: str = "tensor") -> torch.Tensor:

@@ -13,9 +13,9 @@ A :class:`QScheme` is a frozen, validated description of one quantizer:
 - ``scale_format``: how scales are stored: ``fp32``/``fp16``/``bf16``; ``e8m0`` (power-of-two
   shared scale, OCP MX v1.0); ``e4m3`` (FP8 E4M3 group scales times one fp32 tensor scale,
   NVFP4); ``dual`` (DGQ: integer group scales 1..127 stored in 8 bits, times an fp32 per-channel
-  scale, codes clamped so that an INT4 group dequantizes to INT8 values and an INT8 GEMM can run); ``dq`` (double quantization,
-  bitsandbytes style: the fp32 group scales are themselves quantized to UINT8 with an fp32 scale and
-  offset per 256 of them);
+  scale, codes clamped so that an INT4 group dequantizes to INT8 values and an INT8 GEMM can run);
+  ``dq`` (double quantization, bitsandbytes style: the fp32 group scales are themselves quantized
+  to UINT8 with an fp32 scale and offset per 256 of them);
 - ``clip``: how the range is chosen: ``minmax``, a fixed ``ratio`` of it, a ``percentile``
   (activations), or ``mse`` (grid search of the clipping ratio minimizing the group's squared
   error);
@@ -185,7 +185,9 @@ class QScheme:
                 f"{where}: scale={self.scale_format} is for group or block scales; use e.g. :g32 with it"
             )
         if self.zero_point == "float" and self.scale_format == "dual":
-            raise SchemeError(f"{where}: dual-grained scales take an integer zero point (asym), not a float one")
+            raise SchemeError(
+                f"{where}: dual-grained scales take an integer zero point (asym), not a float one"
+            )
 
     # ----- derived ----------------------------------------------------------------------------
     @property
@@ -252,7 +254,7 @@ _PCT = re.compile(r"^p(\d+(?:\.\d*)?)$")
 
 
 def scheme_grammar() -> str:
-    return SCHEME_GRAMMAR.format(presets=" ".join(PRESETS))
+    return SCHEME_GRAMMAR.replace("{presets}", " ".join(PRESETS))
 
 
 def _bad(text: str, why: str) -> SchemeError:

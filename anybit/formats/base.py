@@ -170,7 +170,7 @@ class NumberFormat:
     # ----- the generic path -------------------------------------------------------------------
     def nearest_index_generic(self, x: torch.Tensor) -> torch.Tensor:
         """Index into ``levels`` of the nearest level (tie rule in the module docstring)."""
-        levels, mid, tie_up = self._tables(x.dtype)
+        _, mid, tie_up = self._tables(x.dtype)
         xw = x.to(mid.dtype)
         idx = torch.searchsorted(mid, xw.contiguous(), right=False)  # count of midpoints < x
         at_mid = idx.clamp(max=mid.numel() - 1)

@@ -20,7 +20,8 @@ saturate to it (quantization never produces Inf/NaN; ml_dtypes would give Inf/Na
 inputs that round to zero keep the sign (code ``1000..0``), as ml_dtypes does.
 
 Fast path: exponent from ``frexp``, then ``round(|x| / ulp) * ulp`` with ``ulp = 2^(max(e, 1-b) - M)``;
-exact for every format because ``ulp`` is a power of two.
+exact for every format because ``ulp`` is a power of two. Formats with M = 0 have no mantissa bit
+to be even; their ties go to the even code (the exponent's last bit) through the generic path.
 """
 
 from __future__ import annotations
@@ -112,14 +113,19 @@ class FloatFormat(NumberFormat):
         _, e = torch.frexp(a)  # a = f * 2^e, f in [0.5, 1)
         return (e - 1).clamp_(min=self.min_normal_exp) - self.man_bits
 
-    def _round_fast(self, x: torch.Tensor) -> torch.Tensor:
+    def _round_fast(self, x: torch.Tensor) -> torch.Tensor | None:
+        if self.man_bits == 0:  # no mantissa to be even: ties follow the even code (generic path)
+            return None
         a = x.abs().clamp_(max=self.max_level)
         ulp_exp = self._ulp_exponent(a)
         q = torch.ldexp(torch.round(torch.ldexp(a, -ulp_exp)), ulp_exp)
         return torch.copysign(q, x)
 
-    def _encode_fast(self, x: torch.Tensor) -> torch.Tensor:
-        a = self._round_fast(x).abs_()
+    def _encode_fast(self, x: torch.Tensor) -> torch.Tensor | None:
+        rounded = self._round_fast(x)
+        if rounded is None:
+            return None
+        a = rounded.abs_()
         _, e = torch.frexp(a)
         e = e - 1
         normal = (e >= self.min_normal_exp) & (a > 0)

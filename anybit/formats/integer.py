@@ -38,7 +38,8 @@ class IntFormat(NumberFormat):
         """``kind`` is ``"signed"``, ``"unsigned"`` or ``"balanced"``."""
         if not MIN_INT_BITS <= bits <= MAX_INT_BITS:
             raise FormatError(
-                f"integer formats take {MIN_INT_BITS}..{MAX_INT_BITS} bits, got {bits}; e.g. int4, uint3, int2b"
+                f"integer formats take {MIN_INT_BITS}..{MAX_INT_BITS} bits, got {bits}; "
+                "e.g. int4, uint3, int2b"
             )
         if kind == "signed":
             lo, hi, name = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1, f"int{bits}"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from functools import lru_cache
+from functools import cache
 
 from anybit.errors import FormatError
 from anybit.formats.base import Format
@@ -20,7 +20,7 @@ number formats (k = bits per code):
 examples: int4 uint3 int2b fp8_e4m3 fp8_e5m2 fp6_e3m2 fp6_e2m3 fp4_e2m1 fp5_e2m2 nf4 dint4 bitmod3"""
 
 _INT = re.compile(r"^(u?)int(\d+)(b?)$")
-_FP = re.compile(r"^fp(\d+)_e(\d+)m(\d+)(?:_?(fin|fn|ieee))?$")
+_FP = re.compile(r"^fp(\d+)_e(\d+)m(\d+)(_?)(fin|fn|ieee)?$")
 _SIMPLE = re.compile(r"^(nf|dint|bitmod)(\d+)$")
 _ALIASES = {"fp8": "fp8_e4m3", "fp4": "fp4_e2m1", "e4m3": "fp8_e4m3", "e5m2": "fp8_e5m2"}
 
@@ -34,9 +34,20 @@ def _unknown(name: str, why: str = "") -> FormatError:
     return FormatError(f"unknown number format {name!r}{detail}.\n{FORMAT_GRAMMAR}")
 
 
-@lru_cache(maxsize=None)
+_CANONICAL: dict[str, Format] = {}
+
+
+@cache
 def get_format(name: str) -> Format:
-    """The format (or format family) called ``name``; an unknown name lists the grammar."""
+    """The format (or format family) called ``name``; an unknown name lists the grammar.
+
+    Aliases return the very same object as the canonical name (``fp8_e4m3fn`` is ``fp8_e4m3``).
+    """
+    fmt = _build(name)
+    return _CANONICAL.setdefault(fmt.name, fmt)
+
+
+def _build(name: str) -> Format:
     from anybit.formats import balance, bitmod, dint, floating, integer, normal
 
     if not isinstance(name, str):
@@ -54,10 +65,13 @@ def get_format(name: str) -> Format:
         except FormatError as err:
             raise _unknown(name, str(err)) from None
     if m := _FP.match(key):
-        bits, exp_bits, man_bits, variant = int(m.group(1)), int(m.group(2)), int(m.group(3)), m.group(4)
+        bits, exp_bits, man_bits = int(m.group(1)), int(m.group(2)), int(m.group(3))
+        underscore, variant = m.group(4), m.group(5)
         if bits != 1 + exp_bits + man_bits:
             raise _unknown(name, f"fp{bits} needs 1 + E + M = {bits}, but E={exp_bits}, M={man_bits}")
-        if variant == "fn" and bits < 8:
+        if underscore and variant is None:
+            raise _unknown(name, "a trailing '_' needs a variant: _fin, _fn or _ieee")
+        if variant == "fn" and not underscore and bits < 8:
             variant = "fin"  # ml_dtypes spelling: float6_e3m2fn / float4_e2m1fn are all-finite
         try:
             return floating.FloatFormat.make(exp_bits, man_bits, variant)
