@@ -293,3 +293,28 @@ def fake_quantize(t: torch.Tensor, scheme: QScheme | str, *, name: str = "tensor
     assert out is not None
     result = from_groups(out, scheme.granularity, tuple(rows.shape))  # type: ignore[arg-type]
     return result.reshape(t.shape).to(t.dtype)
+
+
+def static_scale(
+    hi: torch.Tensor, lo: torch.Tensor, scheme: QScheme
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Scale and effective zero of a calibrated (static) per-tensor quantizer from an observed range."""
+    fmt = scheme.number_format
+    if not isinstance(fmt, NumberFormat):
+        raise SchemeError(f"static activation quantization needs a single format, not the family {fmt.name}")
+    hi, lo = hi.reshape(1, 1).float().clamp(min=0), lo.reshape(1, 1).float().clamp(max=0)
+    s_raw = scale_from_range(hi, lo, scheme, fmt)
+    ctx = make_context(s_raw, scheme, hi.reshape(1, 1, 1))
+    s = round_scales(s_raw, scheme, ctx)
+    return s, _zero_of(lo, s, scheme, fmt)
+
+
+def fake_quantize_static(
+    x: torch.Tensor, scheme: QScheme, scale: torch.Tensor, zero: torch.Tensor | None
+) -> torch.Tensor:
+    """Fake-quantize ``x`` with a fixed per-tensor ``scale`` (and zero) from :func:`static_scale`."""
+    fmt = scheme.number_format
+    assert isinstance(fmt, NumberFormat)
+    g = x.detach().float().reshape(1, 1, -1)
+    q = _round_unit(_to_unit(g, scale, zero, scheme), fmt, None)
+    return _from_unit(q, scale, zero, scheme).reshape(x.shape).to(x.dtype)

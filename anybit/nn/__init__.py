@@ -1,0 +1,6 @@
+"""Quantized modules: :class:`QLinear`, :class:`QEmbedding` and :class:`ActQuantizer`."""
+
+from anybit.nn.act_quant import ActQuantizer
+from anybit.nn.qlinear import QEmbedding, QLinear
+
+__all__ = ["ActQuantizer", "QEmbedding", "QLinear"]
