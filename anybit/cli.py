@@ -21,7 +21,8 @@ EXIT_USER_ERROR = 2
 def _console():
     from rich.console import Console
 
-    return Console(stderr=False)
+    # wider than rich's 80-column default when writing to a file or pipe, so names are not cut
+    return Console(stderr=False, width=None if sys.stdout.isatty() else 140)
 
 
 def _table(title: str, columns: list[str]):
@@ -29,7 +30,7 @@ def _table(title: str, columns: list[str]):
 
     table = Table(title=title, title_justify="left")
     for i, col in enumerate(columns):
-        table.add_column(col, justify="left" if i == 0 else "right")
+        table.add_column(col, justify="left" if i == 0 else "right", overflow="fold")
     return table
 
 
@@ -54,7 +55,7 @@ def _recipe_from_args(args: argparse.Namespace):
     from anybit.recipe import CalibrationConfig, LayerOverride, Recipe
 
     base = Recipe.load(args.recipe) if args.recipe else None
-    overrides = list(base.overrides) if base else []
+    overrides = []  # command-line overrides first: the first matching override wins
     for item in args.override or []:
         pattern, sep, scheme = item.rpartition("=")
         if not sep or not pattern:
@@ -63,6 +64,7 @@ def _recipe_from_args(args: argparse.Namespace):
                 "e.g. 'down_proj$=int8:channel' or 'layers\\.0\\.=skip'"
             )
         overrides.append(LayerOverride(pattern, weights=scheme))
+    overrides += list(base.overrides) if base else []
     calib = base.calibration if base else CalibrationConfig()
     calib = CalibrationConfig(
         samples=args.calib_samples if args.calib_samples is not None else calib.samples,

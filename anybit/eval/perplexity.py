@@ -82,8 +82,8 @@ def perplexity(
     total_nll, count = 0.0, 0
     bar = _progress(len(wins), "perplexity", progress)
     for window in wins:
-        logits = _logits(model, window)
-        total_nll += float(F.cross_entropy(logits, window[1:], reduction="sum"))
+        logp = F.log_softmax(_logits(model, window), dim=-1)  # same arithmetic as compare_models
+        total_nll -= float(logp.gather(1, window[1:, None]).sum())
         count += seq_len - 1
         if bar is not None:
             bar.update(1)

@@ -1,0 +1,49 @@
+"""Slow: the main job on the real default model (SmolLM2-135M) and real text (FOLDOC)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from anybit.cli import main
+
+pytestmark = pytest.mark.slow
+
+EVAL_TOKENS = 4 * 1024
+
+
+def _quantize(tmp: Path, name: str, *extra: str) -> dict:
+    report = tmp / f"{name}.json"
+    args = ["quantize", "--model", "smollm2", "--eval-tokens", str(EVAL_TOKENS), "--calib-samples", "8",
+            "--out", str(tmp / name), "--json", str(report), "--quiet", *extra]  # fmt: skip
+    assert main(args) == 0
+    return json.loads(report.read_text())
+
+
+def test_w8_is_nearly_lossless_and_w4_is_not(tmp_path: Path) -> None:
+    w8 = _quantize(tmp_path, "w8", "--weights", "int8:channel")
+    assert w8["eval_tokens"] == 4 * 1023
+    assert 5 < w8["ppl_fp"] < 60  # a real language model on real text
+    assert abs(w8["ppl_q"] / w8["ppl_fp"] - 1) < 0.01
+    assert w8["top1"] > 0.95
+    w3 = _quantize(tmp_path, "w3", "--weights", "int3:g64")
+    assert w3["ppl_fp"] == w8["ppl_fp"]  # same tokens, same reference
+    assert w3["ppl_q"] > 1.05 * w3["ppl_fp"] and w3["kl"] > 5 * w8["kl"]
+    assert w3["bits_per_weight"] == pytest.approx(3.5)
+
+
+def test_checkpoint_reproduces_perplexity_and_exports(tmp_path: Path) -> None:
+    data = _quantize(tmp_path, "w4", "--weights", "int4:g64", "--acts", "int8:token")
+    assert main(["eval", str(tmp_path / "w4"), "--eval-tokens", str(EVAL_TOKENS), "--quiet",
+                 "--json", str(tmp_path / "eval.json")]) == 0  # fmt: skip
+    assert json.loads((tmp_path / "eval.json").read_text())["ppl_q"] == pytest.approx(data["ppl_q"], rel=1e-9)
+    assert main(["inspect", str(tmp_path / "w4"), "--summary"]) == 0
+    assert main(["export", str(tmp_path / "w4"), "--to", "hf-dequantized", str(tmp_path / "hf")]) == 0
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf")).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    assert model.config.model_type == "llama" and tokenizer is not None
