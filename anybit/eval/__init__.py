@@ -7,7 +7,16 @@ from anybit.eval.perplexity import (
     PerplexityResult,
     compare_models,
     perplexity,
+    reference_log_probs,
     windows,
 )
 
-__all__ = ["DEFAULT_SEQ_LEN", "Comparison", "PerplexityResult", "compare_models", "perplexity", "windows"]
+__all__ = [
+    "DEFAULT_SEQ_LEN",
+    "Comparison",
+    "PerplexityResult",
+    "compare_models",
+    "perplexity",
+    "reference_log_probs",
+    "windows",
+]
