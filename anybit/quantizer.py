@@ -16,6 +16,8 @@ input dtype; the output has the input's dtype.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from anybit.errors import SchemeError
@@ -119,9 +121,17 @@ def _mse_ratios(points: int, min_ratio: float) -> list[float]:
     return [1.0 - i * (1.0 - min_ratio) / (points - 1) for i in range(points)]
 
 
-def _search(
-    g: torch.Tensor, scheme: QScheme, fmt: NumberFormat, need_error: bool
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+@dataclass
+class _Candidate:
+    """One member format's search result per group (values kept only when a family needs them)."""
+
+    s_raw: torch.Tensor
+    lo: torch.Tensor
+    err: torch.Tensor | None = None
+    values: torch.Tensor | None = None  # fake-quantized groups at the chosen scales
+
+
+def _search(g: torch.Tensor, scheme: QScheme, fmt: NumberFormat, need_error: bool) -> _Candidate:
     """Unrounded scales, lower range ends and squared error per group, for one member format.
 
     Objective of the ``mse`` search, per group: ``min_r sum_i (Q_r(x_i) - x_i)^2`` over clipping
@@ -132,19 +142,24 @@ def _search(
     ctx = make_context(s_raw, scheme, g)
     if scheme.clip != "mse":
         if not need_error:
-            return s_raw, lo, None
-        return s_raw, lo, (_fake_groups(g, s_raw, lo, scheme, fmt, ctx) - g).square_().sum(-1)
-    best_s, best_lo = s_raw.clone(), lo.clone()
-    best_err = torch.full_like(s_raw, float("inf"))
+            return _Candidate(s_raw, lo)
+        values = _fake_groups(g, s_raw, lo, scheme, fmt, ctx)
+        return _Candidate(s_raw, lo, (values - g).square_().sum(-1), values)
+    best = _Candidate(s_raw.clone(), lo.clone(), torch.full_like(s_raw, float("inf")))
     for ratio in _mse_ratios(MSE_GRID_POINTS, MSE_MIN_RATIO):
         hi_r, lo_r = hi * ratio, lo * ratio
         s_r = scale_from_range(hi_r, lo_r, scheme, fmt)
-        err = (_fake_groups(g, s_r, lo_r, scheme, fmt, ctx) - g).square_().sum(-1)
-        better = err < best_err
-        best_err = torch.where(better, err, best_err)
-        best_s = torch.where(better, s_r, best_s)
-        best_lo = torch.where(better, lo_r, best_lo)
-    return best_s, best_lo, best_err
+        values = _fake_groups(g, s_r, lo_r, scheme, fmt, ctx)
+        err = (values - g).square_().sum(-1)
+        better = err < best.err
+        best.err = torch.where(better, err, best.err)  # type: ignore[arg-type]
+        best.s_raw = torch.where(better, s_r, best.s_raw)
+        best.lo = torch.where(better, lo_r, best.lo)
+        if need_error:
+            best.values = (
+                values if best.values is None else torch.where(better.unsqueeze(-1), values, best.values)
+            )
+    return best
 
 
 def _dual_two_phase(g: torch.Tensor, scheme: QScheme, fmt: NumberFormat):
@@ -201,24 +216,33 @@ def _prepare(t: torch.Tensor, scheme: QScheme | str, what: str, allow_ragged: bo
     return scheme, rows
 
 
+ELEMENTWISE_SCALES = ("fp32", "fp16", "bf16", "e8m0")  # rounding of one scale ignores all others
+
+
 def _choose(g: torch.Tensor, scheme: QScheme):
-    """Per group: the chosen member index (families), unrounded scale, range low end; and the
-    outer-scale context the final scales use."""
+    """Per group: the chosen member index (families), unrounded scale, range low end; the
+    outer-scale context the final scales use; and, for families whose scales round elementwise,
+    the already fake-quantized groups of the chosen members (so they need not be recomputed)."""
     fmt = scheme.number_format
     if scheme.scale_format == "dual":
         assert isinstance(fmt, NumberFormat)
         s_raw, lo, ctx = _dual_two_phase(g, scheme, fmt)
-        return None, s_raw, lo, ctx
+        return None, s_raw, lo, ctx, None
     need_error = len(fmt.members) > 1
     results = [_search(g, scheme, member, need_error) for member in fmt.members]
     if len(results) == 1:
-        s_raw, lo, _ = results[0]
-        return None, s_raw, lo, make_context(s_raw, scheme, g)
-    errs = torch.stack([r[2] for r in results])  # type: ignore[misc]
-    ids = errs.argmin(dim=0)  # first minimum: ties keep the lowest id
-    s_raw = torch.stack([r[0] for r in results]).gather(0, ids.unsqueeze(0)).squeeze(0)
-    lo = torch.stack([r[1] for r in results]).gather(0, ids.unsqueeze(0)).squeeze(0)
-    return ids, s_raw, lo, make_context(s_raw, scheme, g)
+        only = results[0]
+        return None, only.s_raw, only.lo, make_context(only.s_raw, scheme, g), None
+    ids = torch.stack([r.err for r in results]).argmin(dim=0)  # type: ignore[misc]  # ties: lowest id
+    pick = ids.unsqueeze(0)
+    s_raw = torch.stack([r.s_raw for r in results]).gather(0, pick).squeeze(0)
+    lo = torch.stack([r.lo for r in results]).gather(0, pick).squeeze(0)
+    values = None
+    if scheme.scale_format in ELEMENTWISE_SCALES:
+        values = results[0].values
+        for index, r in enumerate(results[1:], start=1):
+            values = torch.where((ids == index).unsqueeze(-1), r.values, values)  # type: ignore[arg-type]
+    return ids, s_raw, lo, make_context(s_raw, scheme, g), values
 
 
 def _final_scales(s_raw: torch.Tensor, scheme: QScheme, ctx: ScaleContext):
@@ -247,7 +271,7 @@ def quantize(
     scheme, rows = _prepare(t, scheme, name, allow_ragged)
     fmt = scheme.number_format
     g = to_groups(rows, scheme.granularity)
-    ids, s_raw, lo, ctx = _choose(g, scheme)
+    ids, s_raw, lo, ctx, _ = _choose(g, scheme)
     stored_scales, s = _final_scales(s_raw, scheme, ctx)
     code_groups = torch.zeros(g.shape, dtype=torch.uint8)
     zero_eff = None
@@ -280,10 +304,10 @@ def fake_quantize(t: torch.Tensor, scheme: QScheme | str, *, name: str = "tensor
     scheme, rows = _prepare(t, scheme, name, allow_ragged=False)
     fmt = scheme.number_format
     g = to_groups(rows, scheme.granularity)
-    ids, s_raw, lo, ctx = _choose(g, scheme)
+    ids, s_raw, lo, ctx, out = _choose(g, scheme)
     _, s = _final_scales(s_raw, scheme, ctx)
-    out = None
-    for index, member in enumerate(fmt.members):
+    members = fmt.members if out is None else ()  # a family's chosen values may be ready already
+    for index, member in enumerate(members):
         z, q = _member_values(g, s, lo, scheme, member, ctx)
         values = _from_unit(q, s, z, scheme)
         if ids is None:
