@@ -1,0 +1,268 @@
+"""Kernel benchmark: memory bandwidth, then every kernel at LLM shapes, relative to that bandwidth.
+
+Protocol (``run_kernel_bench``):
+
+1. ``bandwidth_gbs``: median of :data:`BANDWIDTH_REPEATS` timed reads of a
+   :data:`BANDWIDTH_BYTES` buffer by all threads (``anybit._kernels.read_probe``), measured first in
+   the same process, so every ratio below is against this machine, now.
+2. For each shape ``N x K`` (out x in features) and token count ``M`` in :data:`TOKENS`, each
+   kernel's median wall time over :data:`REPEATS` calls (after one warm-up) of the *public* entry
+   (``PackedLinearWeight.matmul``, or the torch op), Python overhead included.
+3. Weights are cold, as in a real model whose layers do not fit in the cache: for M < 512 the
+   calls rotate over enough copies of the packed weight to exceed :data:`ROTATE_BYTES` (4x this
+   machine's 32 MiB L3), so GEMV reads come from DRAM. ``weight_gbs`` = packed weight bytes
+   (codes + scales + zeros + tables) / median seconds; for M = 1 its ratio to ``bandwidth_gbs`` is
+   the fraction of the memory-bandwidth limit reached.
+
+Kernels: ``int8`` ``int4`` ``int3`` ``int2`` (weight-only, bit-plane kernel), ``fp4_e2m1``
+``nf4`` (codebook kernel), ``w8a8`` (int8 per channel, per-token INT8 activations), ``w4a8``
+(DGQ ``int4:g128:dual``; g64 where K is not a multiple of 128), and the torch references
+``torch_fp32``, ``torch_bf16`` (``x @ w.T``), ``torch_int4pack`` (``_weight_int4pack_mm_for_cpu``,
+group 64 where it divides K, else 32) and ``torch_int8pack`` (``_weight_int8pack_mm``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+import anybit
+from anybit.kernels.dispatch import active_isa, extension
+from anybit.kernels.packed import PackedLinearWeight
+
+BANDWIDTH_BYTES = 512 * 2**20
+BANDWIDTH_REPEATS = 9
+ROTATE_BYTES = 128 * 2**20
+MAX_COPIES = 4096
+REPEATS = {1: 41, 16: 15, 512: 3}
+SHAPES: tuple[tuple[int, int], ...] = ((4096, 4096), (576, 576), (1536, 576), (576, 1536), (192, 576))
+TOKENS: tuple[int, ...] = (1, 16, 512)
+SCHEMES: dict[str, tuple[str, str]] = {  # kernel -> (scheme, activations)
+    "int8": ("int8:channel", "fp32"),
+    "int4": ("int4:g64", "fp32"),
+    "int3": ("int3:g64", "fp32"),
+    "int2": ("int2:g64", "fp32"),
+    "fp4_e2m1": ("fp4_e2m1:g32", "fp32"),
+    "nf4": ("nf4", "fp32"),
+    "w8a8": ("int8:channel", "int8"),
+    "w4a8": ("int4:g128:dual", "int8"),
+}
+TORCH_KERNELS = ("torch_fp32", "torch_bf16", "torch_int4pack", "torch_int8pack")
+
+
+def _median_seconds(calls: list[Callable[[], object]], repeats: int) -> float:
+    """Median time of one call, cycling through ``calls`` (one per weight copy)."""
+    calls[0]()
+    times = []
+    for i in range(repeats):
+        fn = calls[i % len(calls)]
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure_bandwidth(nbytes: int = BANDWIDTH_BYTES, repeats: int = BANDWIDTH_REPEATS) -> float:
+    """Memory read bandwidth in GB/s (1e9 bytes/s), all threads reading one large buffer."""
+    buffer = np.ones(nbytes // 8, dtype=np.uint64)
+    probe = extension().read_probe
+    seconds = _median_seconds([lambda: probe(buffer)], repeats)
+    return buffer.nbytes / seconds / 1e9
+
+
+def _copies(nbytes: int, tokens: int) -> int:
+    if tokens >= 512:
+        return 1
+    return max(1, min(MAX_COPIES, -(-ROTATE_BYTES // max(nbytes, 1))))
+
+
+def _copy_packed(p: PackedLinearWeight) -> PackedLinearWeight:
+    arrays = {
+        name: getattr(p, name).copy()
+        for name in (
+            "codes",
+            "scales",
+            "offsets",
+            "tables",
+            "type_ids",
+            "acc_scales",
+            "acc_zeros",
+            "dual_s2",
+            "dual_base",
+        )
+        if getattr(p, name) is not None
+    }
+    return replace(p, **arrays)
+
+
+def _anybit_case(name: str, w: torch.Tensor, x: torch.Tensor) -> tuple[list[Callable[[], object]], int]:
+    scheme, activations = SCHEMES[name]
+    if name == "w4a8" and w.shape[1] % 128:
+        scheme = "int4:g64:dual"
+    packed = PackedLinearWeight.from_qtensor(anybit.quantize(w, scheme), activations=activations)  # type: ignore[arg-type]
+    copies = [packed] + [_copy_packed(packed) for _ in range(_copies(packed.nbytes, x.shape[0]) - 1)]
+    return [lambda p=p: p.matmul(x) for p in copies], packed.nbytes
+
+
+def _torch_case(name: str, w: torch.Tensor, x: torch.Tensor) -> tuple[list[Callable[[], object]], int]:
+    n, k = w.shape
+    if name in ("torch_fp32", "torch_bf16"):
+        dtype = torch.float32 if name == "torch_fp32" else torch.bfloat16
+        xw = x.to(dtype)
+        # clone: w.to(float32) is w itself, and every copy must be a distinct buffer
+        weights = [w.to(dtype).clone() for _ in range(_copies(w.numel() * w.element_size(), x.shape[0]))]
+        return [lambda m=m: xw @ m.T for m in weights], weights[0].numel() * weights[0].element_size()
+    if name == "torch_int8pack":
+        w8 = torch.randint(-127, 128, (n, k), dtype=torch.int8)
+        scales = torch.rand(n) / 127
+        nbytes = w8.numel() + scales.numel() * 4
+        pairs = [(w8.clone(), scales.clone()) for _ in range(_copies(nbytes, x.shape[0]))]
+        op = torch.ops.aten._weight_int8pack_mm
+        return [lambda p=p: op(x, p[0], p[1]) for p in pairs], nbytes
+    group = 64 if k % 64 == 0 else 32
+    codes = torch.randint(0, 16, (n, k), dtype=torch.int32)
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
+    scales_zeros = torch.rand(k // group, n, 2)
+    nbytes = packed.numel() * packed.element_size() + scales_zeros.numel() * 4
+    pairs = [(packed.clone(), scales_zeros.clone()) for _ in range(_copies(nbytes, x.shape[0]))]
+    op = torch.ops.aten._weight_int4pack_mm_for_cpu
+    return [lambda p=p: op(x, p[0], group, p[1]) for p in pairs], nbytes
+
+
+def machine_info() -> dict[str, object]:
+    ext = extension()
+    model = "unknown"
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            model = next(
+                (line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model
+            )
+    features = [name for name, on in ext.cpu_features().items() if on]
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "isa": active_isa(),
+        "cpu_features": features,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+
+
+def run_kernel_bench(
+    json_path: str | None = None,
+    *,
+    shapes: tuple[tuple[int, int], ...] = SHAPES,
+    tokens: tuple[int, ...] = TOKENS,
+    kernels: tuple[str, ...] = (*SCHEMES, *TORCH_KERNELS),
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """Run the benchmark (module docstring); write JSON to ``json_path`` if given; return the dict.
+
+    Result: ``{"bandwidth_gbs", "machine", "results": [{"kernel", "n", "k", "m", "seconds",
+    "weight_bytes", "weight_gbs", "bandwidth_fraction"}], "targets": {...}}``.
+    """
+    torch.manual_seed(0)
+    bandwidth = measure_bandwidth()
+    results = []
+    for n, k in shapes:
+        w = torch.randn(n, k) * 0.02
+        for m in tokens:
+            x = torch.randn(m, k)
+            for name in kernels:
+                case = _torch_case if name in TORCH_KERNELS else _anybit_case
+                calls, nbytes = case(name, w, x)
+                seconds = _median_seconds(calls, REPEATS.get(m, 5))
+                del calls
+                row = {
+                    "kernel": name,
+                    "n": n,
+                    "k": k,
+                    "m": m,
+                    "seconds": seconds,
+                    "weight_bytes": nbytes,
+                    "weight_gbs": nbytes / seconds / 1e9,
+                    "bandwidth_fraction": nbytes / seconds / 1e9 / bandwidth,
+                }
+                results.append(row)
+                if progress is not None:
+                    progress(
+                        f"{name:15s} {n}x{k} M={m:<4d} {seconds * 1e3:9.3f} ms {row['weight_gbs']:7.1f} GB/s"
+                    )
+    report = {
+        "bandwidth_gbs": bandwidth,
+        "machine": machine_info(),
+        "results": results,
+        "targets": targets(results, bandwidth),
+    }
+    if json_path is not None:
+        with open(json_path, "w") as f:
+            json.dump(report, f, indent=1)
+    return report
+
+
+def _seconds(results: list[dict], kernel: str, n: int, k: int, m: int) -> float | None:
+    for row in results:
+        if (row["kernel"], row["n"], row["k"], row["m"]) == (kernel, n, k, m):
+            return float(row["seconds"])
+    return None
+
+
+def targets(results: list[dict], bandwidth: float) -> dict[str, dict[str, float | bool | None]]:
+    """Issue 5's targets at 4096x4096, each a ratio from this run."""
+    n = k = 4096
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None else a / b
+
+    w4 = _seconds(results, "int4", n, k, 1)
+    w4_gbs = next((r["weight_gbs"] for r in results if (r["kernel"], r["n"], r["m"]) == ("int4", n, 1)), None)
+    checks = {
+        "w4_gemv_bandwidth_fraction": (ratio(w4_gbs, bandwidth), 0.85),
+        "w2_over_w4_gemv_speedup": (ratio(w4, _seconds(results, "int2", n, k, 1)), 1.8),
+        "w8a8_m512_speedup_over_fp32": (
+            ratio(_seconds(results, "torch_fp32", n, k, 512), _seconds(results, "w8a8", n, k, 512)),
+            2.0,
+        ),
+        "w4a8_m512_speedup_over_fp32": (
+            ratio(_seconds(results, "torch_fp32", n, k, 512), _seconds(results, "w4a8", n, k, 512)),
+            2.0,
+        ),
+    }
+    return {
+        name: {"value": value, "target": goal, "met": None if value is None else value >= goal}
+        for name, (value, goal) in checks.items()
+    }
+
+
+def markdown_table(report: dict) -> str:
+    """Medians as a markdown table: one row per kernel and shape, one column per M."""
+    tokens = sorted({r["m"] for r in report["results"]})
+    shapes = list(dict.fromkeys((r["n"], r["k"]) for r in report["results"]))
+    kernels = list(dict.fromkeys(r["kernel"] for r in report["results"]))
+    head = "| shape NxK | kernel | " + " | ".join(f"M={m} ms (GB/s)" for m in tokens) + " |"
+    lines = [head, "|" + "---|" * (2 + len(tokens))]
+    for n, k in shapes:
+        for name in kernels:
+            cells = []
+            for m in tokens:
+                row = next(
+                    (
+                        r
+                        for r in report["results"]
+                        if (r["kernel"], r["n"], r["k"], r["m"]) == (name, n, k, m)
+                    ),
+                    None,
+                )
+                cells.append("" if row is None else f"{row['seconds'] * 1e3:.3f} ({row['weight_gbs']:.1f})")
+            lines.append(f"| {n}x{k} | {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

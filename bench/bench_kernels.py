@@ -1,0 +1,38 @@
+"""Kernel benchmark script: ``python bench/bench_kernels.py [--json FILE] [--quick]``.
+
+The measurement lives in :func:`anybit.kernels.bench.run_kernel_bench` (importable, so that
+``anybit bench kernels --json FILE`` runs the same code); this script prints the medians as the
+markdown table committed in ``bench/kernels.md`` and the issue-5 targets as ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from anybit.kernels.bench import SHAPES, TOKENS, markdown_table, run_kernel_bench
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", default=None, help="write the full results to this JSON file")
+    parser.add_argument("--quick", action="store_true", help="only 4096x4096 (the target shape)")
+    args = parser.parse_args(argv)
+    shapes = SHAPES[:1] if args.quick else SHAPES
+    report = run_kernel_bench(
+        args.json, shapes=shapes, tokens=TOKENS, progress=lambda s: print(s, file=sys.stderr)
+    )
+    print(f"memory read bandwidth: {report['bandwidth_gbs']:.1f} GB/s")
+    print(f"machine: {json.dumps(report['machine'])}")
+    print()
+    print(markdown_table(report))
+    print()
+    for name, check in report["targets"].items():
+        value = "n/a" if check["value"] is None else f"{check['value']:.2f}"
+        print(f"- {name}: {value} (target >= {check['target']}) {'MET' if check['met'] else 'NOT MET'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
