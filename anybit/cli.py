@@ -285,7 +285,29 @@ def cmd_bench(args: argparse.Namespace) -> int:
             raise AnybitError(f"the kernel benchmark is not available in this build ({err})") from None
         run_kernel_bench(args.json)
         return 0
-    raise AnybitError(f"unknown benchmark {args.what!r}; choose kernels")
+    if args.what == "model":
+        from anybit.speed import run_model_bench
+
+        result = run_model_bench(
+            args.model, args.weights, args.acts, args.prompt, args.new_tokens, args.runs, args.json
+        )
+        table = _table(f"anybit bench model: {args.model}", ["", "fp32", f"packed {args.weights}"])
+        fp32, packed = result["fp32"], result["packed"]
+        table.add_row("kernels", "torch", ", ".join(packed["kernels"]))
+        table.add_row(
+            "decode tokens/s", f"{fp32['decode_tokens_per_s']:.1f}", f"{packed['decode_tokens_per_s']:.1f}"
+        )
+        table.add_row("model resident memory", _mb(fp32["model_rss_bytes"]), _mb(packed["model_rss_bytes"]))
+        table.add_row("bytes the model needs", _mb(fp32["expected_bytes"]), _mb(packed["expected_bytes"]))
+        table.add_row(
+            "resident / needed", f"{fp32['rss_over_expected']:.3f}", f"{packed['rss_over_expected']:.3f}"
+        )
+        _console().print(table)
+        _console().print(
+            f"decode speed-up {result['decode_speedup']:.2f}x, memory ratio {result['memory_ratio']:.3f}"
+        )
+        return 0
+    raise AnybitError(f"unknown benchmark {args.what!r}; choose kernels or model")
 
 
 # ----- parser ---------------------------------------------------------------------------------
@@ -361,8 +383,14 @@ def build_parser() -> argparse.ArgumentParser:
     f.set_defaults(func=cmd_formats)
 
     b = sub.add_parser("bench", help="benchmarks")
-    b.add_argument("what", choices=["kernels"])
+    b.add_argument("what", choices=["kernels", "model"])
     b.add_argument("--json")
+    b.add_argument("--model", default="smollm2", help="model: decode speed and memory, fp32 vs packed")
+    b.add_argument("--weights", default="int4:g64", help="weight scheme of the packed model")
+    b.add_argument("--acts", help="activation scheme (int8b:token runs the INT8 kernels)")
+    b.add_argument("--prompt", type=int, default=64)
+    b.add_argument("--new-tokens", type=int, default=64)
+    b.add_argument("--runs", type=int, default=3)
     b.set_defaults(func=cmd_bench)
     return parser
 

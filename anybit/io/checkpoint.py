@@ -117,6 +117,10 @@ def save_checkpoint(
     tensors: dict[str, torch.Tensor] = {}
     layers: dict[str, Any] = {}
     for name, module in qmods.items():
+        if module.qweight is None:
+            raise CheckpointError(
+                f"{name} was packed with keep_qtensor=False and its codes are gone; save before packing"
+            )
         entries, meta = qtensor_to_entries(module.qweight, f"{name}.qweight")
         tensors.update(entries)
         info: dict[str, Any] = {
