@@ -65,6 +65,12 @@ def _recipe_from_args(args: argparse.Namespace):
             )
         overrides.append(LayerOverride(pattern, weights=scheme))
     overrides += list(base.overrides) if base else []
+    options = dict(base.options) if base else {}
+    for item in args.opt or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SchemeError(f"--opt {item!r}: use KEY=VALUE, e.g. smooth.alpha=0.8 or gptq.act_order=false")
+        options[key.strip()] = _parse_option(value.strip())
     calib = base.calibration if base else CalibrationConfig()
     calib = CalibrationConfig(
         samples=args.calib_samples if args.calib_samples is not None else calib.samples,
@@ -83,8 +89,22 @@ def _recipe_from_args(args: argparse.Namespace):
         lm_head=args.lm_head or (base.lm_head if base else False),
         embeddings=args.embeddings or (base.embeddings if base else False),
         calibration=calib,
-        options=base.options if base else (),
+        options=tuple(sorted(options.items())),
     )
+
+
+def _parse_option(value: str) -> bool | int | float | str:
+    lowered = value.lower()
+    if lowered in ("true", "yes", "on"):
+        return True
+    if lowered in ("false", "no", "off"):
+        return False
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return value
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
@@ -332,6 +352,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="REGEX=SCHEME",
         help="per-layer weight scheme by regex on module names ('skip' keeps float); repeatable",
+    )
+    q.add_argument(
+        "--opt",
+        action="append",
+        metavar="KEY=VALUE",
+        help="algorithm option, e.g. smooth.alpha=0.8, gptq.damp=0.01 (repeatable)",
     )
     q.add_argument("--lm-head", action="store_true", help="also quantize lm_head")
     q.add_argument("--embeddings", action="store_true", help="also quantize the token embeddings")

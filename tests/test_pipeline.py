@@ -233,3 +233,18 @@ def test_compare_models_kl_is_zero_for_identical_models() -> None:
     cmp = compare_models(model, model, EVAL, 128)
     assert cmp.kl == pytest.approx(0.0, abs=1e-9) and cmp.top1 == 1.0
     assert cmp.n_tokens == 4 * 127 and cmp.reference.ppl == cmp.candidate.ppl
+
+
+def test_model_level_rotation_runs_in_the_pipeline_and_is_refused_up_front_where_it_cannot() -> None:
+    from anybit.errors import AlgorithmError
+
+    model = tiny_model("llama")
+    reference = copy.deepcopy(model)
+    recipe = Recipe(weights="int8:channel", acts="int8:token", algorithms=("rotate", "rtn"))
+    quantize_model(model, recipe, CALIB, progress=False)
+    assert getattr(model.config, "anybit_rotation", None)
+    torch.testing.assert_close(_logits(model), _logits(reference), rtol=0, atol=0.1)
+    gemma = tiny_model("gemma3_text")
+    with pytest.raises(AlgorithmError):
+        quantize_model(gemma, recipe, CALIB, progress=False)
+    assert not any(isinstance(m, QLinear) for m in gemma.modules())

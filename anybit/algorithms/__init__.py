@@ -1,6 +1,9 @@
-"""Calibration algorithms; each module implements one method and names its paper."""
+"""Calibration algorithms; each module implements one method and names its paper.
 
-from anybit.algorithms import rtn  # noqa: F401  (registers)
+Importing a module registers its algorithms (``anybit.algorithms.available()`` lists them).
+"""
+
+from anybit.algorithms import gptq, rotate, rtn, smooth  # noqa: F401  (register)
 from anybit.algorithms.base import Algorithm, BlockContext, available, register, resolve
 
 __all__ = ["Algorithm", "BlockContext", "available", "register", "resolve"]

@@ -74,9 +74,17 @@ class Algorithm:
     kind: ClassVar[Literal["transform", "weights"]]
     needs_calibration: ClassVar[bool] = True
     paper: ClassVar[str] = ""
+    model_level: ClassVar[bool] = False  # transforms of the whole model (rotation) run before block 0
 
     def check(self, recipe: Recipe) -> None:
         """Raise ``AlgorithmError`` if this algorithm cannot serve ``recipe``."""
+
+    def check_model(self, model: nn.Module) -> None:
+        """Raise ``AlgorithmError`` if this algorithm cannot serve this architecture."""
+
+    def prepare_model(self, model: nn.Module, recipe: Recipe) -> Any:
+        """Model-level transforms: change the whole float model once, before block inputs are recorded."""
+        raise NotImplementedError
 
     def transform(self, ctx: BlockContext) -> None:
         raise NotImplementedError

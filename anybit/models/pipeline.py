@@ -159,6 +159,12 @@ def quantize_model(
     )
     needs_data = static_acts or quantizer.needs_calibration or any(t.needs_calibration for t in transforms)
 
+    # model-level transforms (rotation) run once, before any block input is recorded
+    for algo in (*transforms, quantizer):
+        algo.check_model(model)
+    for transform in transforms:
+        if transform.model_level:
+            transform.prepare_model(model, recipe)
     if calibration is None:
         if needs_data:
             raise SchemeError(
