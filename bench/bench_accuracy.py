@@ -35,6 +35,7 @@ ROW_SETS: dict[str, list[tuple[str, str, str | None, str]]] = {
         ("W4A8 (W4 g64, A8 token)", "int4:g64", "int8:token", "rtn"),
         ("W3 g64", "int3:g64", None, "rtn"),
         ("W3 g64 asym", "int3:g64:asym", None, "rtn"),
+        ("W2 g32 sym", "int2:g32", None, "rtn"),
         ("W2 g32 asym", "int2:g32:asym", None, "rtn"),
         ("FP4 E2M1 g32", "fp4_e2m1:g32", None, "rtn"),
         ("NF4 (bnb style)", "nf4", None, "rtn"),
@@ -49,6 +50,11 @@ ROW_SETS: dict[str, list[tuple[str, str, str | None, str]]] = {
     "small": [
         ("W8A8", "int8:channel", "int8:token", "rtn"),
         ("W4 g64 sym", "int4:g64", None, "rtn"),
+    ],
+    "gptq": [
+        ("W4 g64 GPTQ", "int4:g64", None, "gptq"),
+        ("W3 g64 GPTQ", "int3:g64", None, "gptq"),
+        ("W3 g64 RTN", "int3:g64", None, "rtn"),
     ],
 }
 
@@ -72,6 +78,11 @@ def main() -> None:
     parser.add_argument("--corpus", default="foldoc")
     parser.add_argument("--out", help="markdown file to write (appends a section if it exists)")
     parser.add_argument("--json", help="JSON results")
+    parser.add_argument(
+        "--no-reference-cache",
+        action="store_true",
+        help="recompute the reference per row (large vocabularies: Gemma 3's log-probs do not fit in RAM)",
+    )
     args = parser.parse_args()
 
     loaded = load_model(args.model)
@@ -87,8 +98,10 @@ def main() -> None:
         loaded.tokenizer, load_corpus(args.corpus).split().evaluation, args.eval_tokens, True
     )
     start = time.perf_counter()
-    reference = reference_log_probs(loaded.model, eval_ids, args.seq_len)
-    print(f"reference: {time.perf_counter() - start:.1f} s for {len(reference)} windows")
+    reference = (
+        loaded.model if args.no_reference_cache else reference_log_probs(loaded.model, eval_ids, args.seq_len)
+    )
+    print(f"reference: {time.perf_counter() - start:.1f} s")
     results = []
     for label, weights, acts, algo in ROW_SETS[args.rows]:
         model = copy.deepcopy(loaded.model)
@@ -109,10 +122,12 @@ def main() -> None:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     if args.out:
         lines = [
-            f"## {args.model}: RTN, {results[0]['eval_tokens']} tokens of {args.corpus} (evaluation part)",
+            f"## {args.model}: {args.rows} rows, {results[0]['eval_tokens']} tokens of {args.corpus} "
+            "(evaluation part)",
             "",
             f"Command: `python bench/bench_accuracy.py --model {args.model} --rows {args.rows} "
-            f"--eval-tokens {args.eval_tokens} --out {args.out}`",
+            f"--eval-tokens {args.eval_tokens} --out {args.out}"
+            f"{' --no-reference-cache' if args.no_reference_cache else ''}`",
             "",
             f"Machine: {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}. "
             f"Windows of {args.seq_len} tokens; KL(original || quantized) in nats/token; every row is "
