@@ -103,12 +103,12 @@ def _check_plans(names_and_shapes: list[tuple[str, tuple[int, int]]], recipe: Re
 class _ErrorMeter:
     """Per-layer relative output error of QLinears against their float weights, via forward hooks."""
 
-    def __init__(self, modules: dict[str, QLinear], float_weights: dict[str, torch.Tensor]) -> None:
+    def __init__(
+        self, modules: dict[str, QLinear], float_layers: dict[str, tuple[torch.Tensor, torch.Tensor | None]]
+    ) -> None:
         self.err = {n: 0.0 for n in modules}
         self.ref = {n: 0.0 for n in modules}
-        self.handles = [
-            m.register_forward_hook(self._hook(n, float_weights[n], m.bias)) for n, m in modules.items()
-        ]
+        self.handles = [m.register_forward_hook(self._hook(n, *float_layers[n])) for n, m in modules.items()]
 
     def _hook(self, name: str, weight: torch.Tensor, bias: torch.Tensor | None):
         def hook(_m: nn.Module, args: tuple[Any, ...], out: torch.Tensor) -> None:
@@ -213,8 +213,15 @@ def quantize_model(
         )
         for transform in transforms:
             transform.transform(ctx)
+        # the float layer as the quantizer found it (after transforms): the error reference
+        float_layers = {
+            n: (
+                m.weight.detach().float().clone(),
+                None if m.bias is None else m.bias.detach().float().clone(),
+            )
+            for n, m in linears.items()
+        }
         qweights = quantizer.quantize_block(ctx)
-        float_weights = {n: m.weight.detach().float().clone() for n, m in linears.items()}
         qmodules: dict[str, QLinear] = {}
         for name, linear in linears.items():
             full = f"{prefix}.{name}"
@@ -234,7 +241,7 @@ def quantize_model(
             for q in qmodules.values():
                 if q.act_quant is not None:
                     q.act_quant.freeze()
-        meter = _ErrorMeter(qmodules, float_weights) if inputs else None
+        meter = _ErrorMeter(qmodules, float_layers) if inputs else None
         inputs = [run_block(block, x, block_call) for x in inputs]
         errors = meter.close() if meter else {}
         for name, q in qmodules.items():
@@ -248,7 +255,7 @@ def quantize_model(
                     rel_error=errors.get(name),
                 )
             )
-        del float_weights, qweights, ctx
+        del float_layers, qweights, ctx
         if bar is not None:
             bar.update(1)
             bar.set_postfix(rss=f"{peak_rss_mb():.0f}MB")
