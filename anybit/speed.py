@@ -6,8 +6,12 @@ Each variant runs in its own process so resident memory is not polluted by the o
 2. build the variant: ``fp32`` loads the model; ``packed`` loads it, quantizes it (RTN) with the
    given scheme, packs every ``QLinear`` for the CPU kernels and frees the float and unpacked
    weights (``malloc_trim`` returns freed heap pages to the OS);
-3. record RSS (minus the baseline: the model's own memory) and the bytes the model should need
-   (packed kernel buffers + every other tensor at its dtype);
+3. after a 4-token warm-up generate (so every weight page is resident, mmap'd files included),
+   record RSS minus the baseline (the model's own memory plus small activations) and the bytes the
+   model should need (packed kernel buffers + every other tensor at its dtype). The packed variant
+   is built from the float model in the same process, so allocator leftovers of quantization count
+   against it: a packed model loaded straight from a checkpoint is the fair measurement (not yet
+   implemented);
 4. greedy decode: a ``prompt`` token prefill, then ``new_tokens`` tokens with the KV cache; decode
    tokens/s = new_tokens / (time of the whole generate - time of a 1-token generate), median of runs.
 """
