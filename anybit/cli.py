@@ -320,7 +320,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         table.add_row("model resident memory", _mb(fp32["model_rss_bytes"]), _mb(packed["model_rss_bytes"]))
         table.add_row("bytes the model needs", _mb(fp32["expected_bytes"]), _mb(packed["expected_bytes"]))
         table.add_row(
-            "resident / needed", f"{fp32['rss_over_expected']:.3f}", f"{packed['rss_over_expected']:.3f}"
+            "resident - needed (activations, runtime)",
+            _mb(fp32["model_rss_bytes"] - fp32["expected_bytes"]),
+            _mb(packed["model_rss_bytes"] - packed["expected_bytes"]),
         )
         _console().print(table)
         _console().print(
