@@ -23,6 +23,7 @@ import ctypes
 import gc
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -30,6 +31,15 @@ import time
 from typing import Any
 
 import torch
+
+
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (for benchmark reports)."""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
 
 
 def rss_bytes() -> int:

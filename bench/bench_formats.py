@@ -13,6 +13,7 @@ import time
 import torch
 
 import anybit
+from anybit.speed import cpu_name
 
 SCHEMES = [
     ("int4:g128", "INT fast path"),
@@ -28,16 +29,6 @@ SCHEMES = [
     ("int4:g128:dual", "INT fast path, DGQ dual-grained scales"),
 ]
 
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
 import time
 from pathlib import Path
 
@@ -30,18 +29,10 @@ from anybit.eval import compare_models, reference_log_probs
 from anybit.models import load_model
 from anybit.models.pipeline import quantize_model
 from anybit.recipe import CalibrationConfig, Recipe
+from anybit.speed import cpu_name
 
 LENGTHS = (128, 512, 2048)
 
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:

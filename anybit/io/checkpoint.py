@@ -36,6 +36,7 @@ from torch import nn
 
 from anybit.errors import CheckpointError
 from anybit.io.qtensor_io import qtensor_from_entries, qtensor_to_entries
+from anybit.models.adapters import set_module
 from anybit.nn import ActQuantizer, QEmbedding, QLinear
 from anybit.scheme import parse_scheme
 
@@ -52,10 +53,6 @@ def _sha256(path: Path) -> str:
             h.update(chunk)
     return h.hexdigest()
 
-
-def _set_module(root: nn.Module, dotted: str, module: nn.Module) -> None:
-    parent, _, leaf = dotted.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, leaf, module)
 
 
 def quantized_modules(model: nn.Module) -> dict[str, QLinear | QEmbedding]:
@@ -239,7 +236,7 @@ def load_checkpoint(directory: str | Path, *, verify: bool = True) -> tuple[nn.M
             module: nn.Module = QLinear(in_f, out_f, qweight, bias, act, name)
         else:
             module = QEmbedding(qweight, info.get("padding_idx"), name)
-        _set_module(model, name, module)
+        set_module(model, name, module)
     quantized = tuple(f"{n}." for n in header["layers"])
     rest = {k: v for k, v in tensors.items() if not k.startswith(quantized)}
     result = model.load_state_dict(rest, strict=False)
@@ -275,9 +272,9 @@ def export_hf_dequantized(
         if isinstance(module, QLinear):
             if module.act_quant is not None and "activation" not in " ".join(notes):
                 notes.append("activation quantization is not part of a dequantized export (weights only)")
-            _set_module(exported, name, module.to_linear())
+            set_module(exported, name, module.to_linear())
         else:
-            _set_module(exported, name, module.to_embedding())
+            set_module(exported, name, module.to_embedding())
     get_adapter(exported).restore(exported)
     if hasattr(exported, "hf_quantizer"):
         exported.hf_quantizer = None

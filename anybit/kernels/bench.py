@@ -139,12 +139,9 @@ def _torch_case(name: str, w: torch.Tensor, x: torch.Tensor) -> tuple[list[Calla
 
 def machine_info() -> dict[str, object]:
     ext = extension()
-    model = "unknown"
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            model = next(
-                (line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model
-            )
+    from anybit.speed import cpu_name
+
+    model = cpu_name()
     features = [name for name, on in ext.cpu_features().items() if on]
     return {
         "cpu": model,

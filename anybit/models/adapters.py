@@ -340,7 +340,7 @@ def conv1d_to_linear(model: nn.Module) -> list[str]:
                 lin.weight.copy_(module.weight.t())
                 lin.bias.copy_(module.bias)
             lin.requires_grad_(module.weight.requires_grad)
-            _set(model, name, lin)
+            set_module(model, name, lin)
             converted.append(name)
     return converted
 
@@ -363,10 +363,11 @@ def linear_to_conv1d(model: nn.Module, names: list[str]) -> None:
                 conv.bias.copy_(lin.bias)
             else:
                 conv.bias.zero_()
-        _set(model, name, conv)
+        set_module(model, name, conv)
 
 
-def _set(root: nn.Module, dotted: str, module: nn.Module) -> None:
+def set_module(root: nn.Module, dotted: str, module: nn.Module) -> None:
+    """Replace the submodule at ``dotted`` (e.g. ``model.layers.0.mlp.up_proj``) by ``module``."""
     parent, _, leaf = dotted.rpartition(".")
     setattr(_get(root, parent) if parent else root, leaf, module)
 

@@ -30,7 +30,7 @@ from torch import nn
 
 from anybit.algorithms import BlockContext, resolve
 from anybit.errors import SchemeError
-from anybit.models.adapters import block_inputs, get_adapter, run_block
+from anybit.models.adapters import block_inputs, get_adapter, run_block, set_module
 from anybit.nn import ActQuantizer, QEmbedding, QLinear
 from anybit.quantizer import quantize
 from anybit.recipe import LayerPlan, Recipe
@@ -75,10 +75,6 @@ class QuantizationResult:
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-
-def _set_module(root: nn.Module, dotted: str, module: nn.Module) -> None:
-    parent, _, leaf = dotted.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, leaf, module)
 
 
 def _module_prefix(model: nn.Module, target: nn.Module) -> str:
@@ -226,7 +222,7 @@ def quantize_model(
         for name, linear in linears.items():
             full = f"{prefix}.{name}"
             qlin = QLinear.from_linear(linear, qweights[name], _make_act_quant(plans[name], full), full)
-            _set_module(block, name, qlin)
+            set_module(block, name, qlin)
             qmodules[name] = qlin
         # activation-only layers (weights kept float but inputs quantized)
         for name in all_linears:
@@ -293,7 +289,7 @@ def _quantize_head_and_embeddings(
                 for x in last_hidden:
                     act(norm(x) if norm is not None else x)
                 act.freeze()
-            _set_module(model, name, QLinear.from_linear(head, qweight, act, name))
+            set_module(model, name, QLinear.from_linear(head, qweight, act, name))
             if getattr(model.config, "tie_word_embeddings", False):
                 notes.append(f"{name} was tied to the embeddings; it now has its own quantized weight")
                 model.config.tie_word_embeddings = False
@@ -305,6 +301,6 @@ def _quantize_head_and_embeddings(
         plan = recipe.plan_for(name)
         if plan.weights is not None:
             qweight = quantize(emb.weight.detach(), plan.weights, name=name)
-            _set_module(model, name, QEmbedding(qweight, emb.padding_idx, name))
+            set_module(model, name, QEmbedding(qweight, emb.padding_idx, name))
             reports.append(LayerReport(name, str(plan.weights), None, qweight.numel, qweight.total_bits))
     return notes
