@@ -117,6 +117,24 @@ def _fake_groups(
     return _from_unit(_round_unit(_to_unit(g, s, z, scheme), fmt, bounds), s, z, scheme)
 
 
+def fake_quantize_groups(
+    g: torch.Tensor,
+    s_raw: torch.Tensor,
+    lo: torch.Tensor,
+    scheme: QScheme,
+    ctx: ScaleContext,
+    fmt: NumberFormat | None = None,
+) -> torch.Tensor:
+    """Groups ``g`` ``[A, B, n]`` fake-quantized with candidate parameters (a search's inner step).
+
+    ``s_raw``/``lo`` are ``[A, B]``; the scale is rounded to its storage format inside, so the
+    values equal what :func:`quantize_with_params` would produce for the same parameters.
+    """
+    member = scheme.number_format if fmt is None else fmt
+    assert isinstance(member, NumberFormat), "format families need their member format"
+    return _fake_groups(g, s_raw, lo, scheme, member, ctx)
+
+
 def _mse_ratios(points: int, min_ratio: float) -> list[float]:
     return [1.0 - i * (1.0 - min_ratio) / (points - 1) for i in range(points)]
 
@@ -269,9 +287,53 @@ def quantize(
 ) -> QTensor:
     """Quantize ``t`` with ``scheme``; ``name`` is used in error messages."""
     scheme, rows = _prepare(t, scheme, name, allow_ragged)
-    fmt = scheme.number_format
     g = to_groups(rows, scheme.granularity)
     ids, s_raw, lo, ctx, _ = _choose(g, scheme)
+    return _assemble(g, tuple(rows.shape), tuple(t.shape), scheme, s_raw, lo, ctx, ids)
+
+
+def quantize_with_params(
+    t: torch.Tensor,
+    scheme: QScheme,
+    s_raw: torch.Tensor,
+    lo: torch.Tensor,
+    ctx: ScaleContext | None = None,
+    ids: torch.Tensor | None = None,
+    *,
+    name: str = "tensor",
+) -> QTensor:
+    """Quantize ``t`` with group parameters chosen elsewhere (a calibration algorithm's search).
+
+    ``s_raw`` and ``lo`` are ``[A, B]`` per group (the unrounded scale and the low end of the
+    range, as the core's own search returns them), ``ctx`` the outer
+    scales (DGQ channel scales, NVFP4 tensor scale; computed from ``s_raw`` when omitted) and
+    ``ids`` the member index per group of a format family. Scales are rounded to their storage
+    format and codes chosen exactly as :func:`quantize` does, so the result is a valid QTensor.
+    """
+    scheme, rows = _prepare(t, scheme, name, False)
+    g = to_groups(rows, scheme.granularity)
+    if s_raw.shape != g.shape[:2] or lo.shape != g.shape[:2]:
+        raise SchemeError(
+            f"{name}: group parameters of shape {tuple(s_raw.shape)}/{tuple(lo.shape)} do not match "
+            f"the {tuple(g.shape[:2])} groups of scheme {scheme}"
+        )
+    if ctx is None:
+        ctx = make_context(s_raw, scheme, g)
+    return _assemble(g, tuple(rows.shape), tuple(t.shape), scheme, s_raw, lo, ctx, ids)
+
+
+def _assemble(
+    g: torch.Tensor,
+    rows_shape: tuple[int, ...],
+    shape: tuple[int, ...],
+    scheme: QScheme,
+    s_raw: torch.Tensor,
+    lo: torch.Tensor,
+    ctx: ScaleContext,
+    ids: torch.Tensor | None,
+) -> QTensor:
+    """Codes, stored scales, zeros and type ids of groups ``g`` with fixed parameters."""
+    fmt = scheme.number_format
     stored_scales, s = _final_scales(s_raw, scheme, ctx)
     code_groups = torch.zeros(g.shape, dtype=torch.uint8)
     zero_eff = None
@@ -292,11 +354,9 @@ def quantize(
     elif scheme.zero_point == "float":
         assert zero_eff is not None
         zeros = zero_eff.to(_zero_dtype(scheme))
-    codes2d = from_groups(code_groups, scheme.granularity, tuple(rows.shape))  # type: ignore[arg-type]
+    codes2d = from_groups(code_groups, scheme.granularity, rows_shape)  # type: ignore[arg-type]
     type_ids = ids.to(torch.uint8) if ids is not None else None
-    return QTensor(
-        codes2d.reshape(t.shape).contiguous(), stored_scales, scheme, tuple(t.shape), zeros, type_ids
-    )
+    return QTensor(codes2d.reshape(shape).contiguous(), stored_scales, scheme, shape, zeros, type_ids)
 
 
 def fake_quantize(t: torch.Tensor, scheme: QScheme | str, *, name: str = "tensor") -> torch.Tensor:

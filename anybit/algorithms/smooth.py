@@ -101,7 +101,7 @@ def fold_scales(group: SmoothGroup, s: torch.Tensor) -> None:
         lin.weight.copy_((lin.weight.float() * cols).to(lin.weight.dtype))
 
 
-def _to_channels(per_column: torch.Tensor, group: SmoothGroup, reduce: str) -> torch.Tensor:
+def to_channels(per_column: torch.Tensor, group: SmoothGroup, reduce: str) -> torch.Tensor:
     """Reduce a statistic of the consumers' input columns to the producer's output channels."""
     if group.channel_map is None:
         return per_column
@@ -165,13 +165,13 @@ def collect_stats(ctx: BlockContext, groups: list[SmoothGroup], rows: int) -> li
 def weight_col_max(group: SmoothGroup) -> torch.Tensor:
     """``max|W_j|`` over every consumer, per producer channel."""
     per_col = torch.stack([lin.weight.detach().float().abs().amax(0) for lin in group.linears]).amax(0)
-    return _to_channels(per_col, group, "amax")
+    return to_channels(per_col, group, "amax")
 
 
 def act_channel_absmax(group: SmoothGroup, stats: GroupStats) -> torch.Tensor:
     """``max|X_j|`` per producer channel."""
     per_col = torch.maximum(stats.col_max.abs(), stats.col_min.abs())
-    return _to_channels(per_col, group, "amax")
+    return to_channels(per_col, group, "amax")
 
 
 def smoothquant_scales(x_max: torch.Tensor, w_max: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -182,14 +182,14 @@ def smoothquant_scales(x_max: torch.Tensor, w_max: torch.Tensor, alpha: float) -
     return s.clamp(*SCALE_RANGE)
 
 
-def _group_is_quantized(ctx: BlockContext, group: SmoothGroup, need_acts: bool) -> bool:
+def group_is_quantized(ctx: BlockContext, group: SmoothGroup, need_acts: bool) -> bool:
     plans = [ctx.plans.get(n) for n in group.linear_names]
     if need_acts:
         return any(p is not None and p.acts is not None for p in plans)
     return any(p is not None and (p.acts is not None or p.weights is not None) for p in plans)
 
 
-def _recipe_has_acts(recipe: Recipe) -> bool:
+def recipe_has_acts(recipe: Recipe) -> bool:
     return recipe.acts is not None or any(o.acts not in ("inherit", None) for o in recipe.overrides)
 
 
@@ -209,7 +209,7 @@ class SmoothQuant(Algorithm):
 
     def check(self, recipe: Recipe) -> None:
         _check_alpha(recipe.option("smooth.alpha", DEFAULT_ALPHA), "smooth.alpha")
-        if not _recipe_has_acts(recipe):
+        if not recipe_has_acts(recipe):
             raise AlgorithmError(
                 "smooth migrates activation outliers into the weights; this recipe quantizes no "
                 "activations, so it would only make the weights harder to quantize. Give --acts "
@@ -219,7 +219,7 @@ class SmoothQuant(Algorithm):
     @torch.no_grad()
     def transform(self, ctx: BlockContext) -> None:
         alpha = _check_alpha(ctx.recipe.option("smooth.alpha", DEFAULT_ALPHA), "smooth.alpha")
-        groups = [g for g in ctx.smooth_groups if _group_is_quantized(ctx, g, need_acts=True)]
+        groups = [g for g in ctx.smooth_groups if group_is_quantized(ctx, g, need_acts=True)]
         if not groups:
             return
         stats = collect_stats(ctx, groups, rows=0)
@@ -291,7 +291,7 @@ class AQAS(Algorithm):
     def transform(self, ctx: BlockContext) -> None:
         grid = int(ctx.recipe.option("aqas.grid", DEFAULT_GRID))
         rows = int(ctx.recipe.option("aqas.rows", DEFAULT_ROWS))
-        groups = [g for g in ctx.smooth_groups if _group_is_quantized(ctx, g, need_acts=False)]
+        groups = [g for g in ctx.smooth_groups if group_is_quantized(ctx, g, need_acts=False)]
         if not groups:
             return
         stats = collect_stats(ctx, groups, rows=rows)

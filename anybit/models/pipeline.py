@@ -11,8 +11,9 @@ For block i (the GPTQ/OmniQuant ordering, so every block is calibrated on the in
    replaced by a ``QLinear`` with its activation quantizer (static ones observe the calibration
    inputs, then freeze);
 4. the quantized block runs on the inputs; hooks measure each layer's relative output error
-   ``||y_q - y||^2 / ||y||^2`` against the same layer in float on the same input; the outputs are
-   the inputs of block i+1, and block i's inputs are freed.
+   ``||y_q - y||^2 / ||y||^2`` against the same layer in float on the same input (on the first
+   :data:`METER_SAMPLES` samples); the outputs are the inputs of block i+1, and block i's inputs
+   are freed.
 
 ``lm_head`` and the embeddings are quantized on request (RTN with the plan of their name; a tied
 ``lm_head`` gets its own quantized copy). Peak memory (max RSS) is reported.
@@ -36,6 +37,8 @@ from anybit.quantizer import quantize
 from anybit.recipe import LayerPlan, Recipe
 
 ERROR_SAMPLES = 4  # calibration samples used for the per-layer error table when nothing else needs data
+METER_SAMPLES = 16  # at most this many samples feed the per-layer error table (its float reference
+# recomputes every linear, which would otherwise cost a quarter of a GPTQ run)
 
 
 @dataclass
@@ -238,8 +241,15 @@ def quantize_model(
                 if q.act_quant is not None:
                     q.act_quant.freeze()
         meter = _ErrorMeter(qmodules, float_layers) if inputs else None
-        inputs = [run_block(block, x, block_call) for x in inputs]
-        errors = meter.close() if meter else {}
+        errors: dict[str, float] = {}
+        outputs = []
+        for k, x in enumerate(inputs):
+            if meter is not None and k == METER_SAMPLES:
+                errors, meter = meter.close(), None
+            outputs.append(run_block(block, x, block_call))
+        if meter is not None:
+            errors = meter.close()
+        inputs = outputs
         for name, q in qmodules.items():
             reports.append(
                 LayerReport(
