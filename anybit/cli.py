@@ -127,7 +127,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     if args.layers:
         layers = _table(
             "per-layer relative output error (calibration data)",
-            ["layer", "weights", "acts", "bpw", "rel. error"],
+            ["layer", "weights", "acts", "bpw", "rel. error", "layer s", "block s"],
         )
         for layer in report.layers:
             layers.add_row(
@@ -136,6 +136,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
                 layer.acts or "-",
                 f"{layer.bits_per_weight:.3f}",
                 _fmt(layer.rel_error, ".2e"),
+                _fmt(layer.seconds, ".2f"),
+                _fmt(layer.block_seconds, ".1f"),
             )
         console.print(layers)
     table = _table(f"anybit quantize: {args.model}", ["", "original", "quantized"])

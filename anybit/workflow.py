@@ -95,6 +95,8 @@ class QuantizeReport:
                     "params": layer.params,
                     "bits_per_weight": layer.bits_per_weight,
                     "rel_error": layer.rel_error,
+                    "seconds": layer.seconds,
+                    "block_seconds": layer.block_seconds,
                 }
                 for layer in self.layers
             ],

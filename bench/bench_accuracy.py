@@ -56,6 +56,41 @@ ROW_SETS: dict[str, list[tuple[str, str, str | None, str]]] = {
         ("W3 g64 GPTQ", "int3:g64", None, "gptq"),
         ("W3 g64 RTN", "int3:g64", None, "rtn"),
     ],
+    # issue 4: each recipe row against RTN and the algorithms that apply, at default calibration
+    "algorithms": [
+        ("W8A8", "int8:channel", "int8:token", "rtn"),
+        ("W8A8", "int8:channel", "int8:token", "smooth,rtn"),
+        ("W8A8", "int8:channel", "int8:token", "aqas,rtn"),
+        ("W8A8", "int8:channel", "int8:token", "pcsmooth,rtn"),
+        ("W8A8", "int8:channel", "int8:token", "rotate,rtn"),
+        ("W4A16 g64", "int4:g64", None, "rtn"),
+        ("W4A16 g64", "int4:g64", None, "dgq"),
+        ("W4A16 g64", "int4:g64", None, "gptq"),
+        ("W4A16 g64", "int4:g64", None, "aqas,rtn"),
+        ("W4A16 g64", "int4:g64", None, "rotate,rtn"),
+        ("W4A8 g64", "int4:g64", "int8:token", "rtn"),
+        ("W4A8 g64", "int4:g64", "int8:token", "smooth,rtn"),
+        ("W4A8 g64", "int4:g64", "int8:token", "aqas,rtn"),
+        ("W4A8 g64", "int4:g64", "int8:token", "dgq"),
+        ("W4A8 g64", "int4:g64", "int8:token", "gptq"),
+        ("W4A8 g64", "int4:g64", "int8:token", "aqas,gptq"),
+        ("W4A16 g64 dual", "int4:g64:dual:asym", None, "dgq"),
+        ("W4A8 g64 dual (DGQ)", "int4:g64:dual:asym", "int8:token", "rtn"),
+        ("W4A8 g64 dual (DGQ)", "int4:g64:dual:asym", "int8:token", "dgq"),
+        ("W4A8 g64 dual (DGQ)", "int4:g64:dual:asym", "int8:token", "pcsmooth,dgq"),
+        ("W3A16 g64", "int3:g64", None, "rtn"),
+        ("W3A16 g64", "int3:g64", None, "dgq"),
+        ("W3A16 g64", "int3:g64", None, "gptq"),
+        ("W3A16 g64", "int3:g64", None, "rotate,gptq"),
+        ("W6A6", "int6:channel", "int6:token", "rtn"),
+        ("W6A6", "int6:channel", "int6:token", "smooth,rtn"),
+        ("W6A6", "int6:channel", "int6:token", "aqas,rtn"),
+        ("W6A6", "int6:channel", "int6:token", "rotate,rtn"),
+        ("W2A16 g32 asym", "int2:g32:asym", None, "rtn"),
+        ("W2A16 g32 asym", "int2:g32:asym", None, "gptq"),
+        ("W2*A8 g32 bit balance", "int2bb:g32", "int8:token", "rtn"),
+        ("W2*A8 g32 bit balance", "int2bb:g32", "int8:token", "gptq"),
+    ],
 }
 
 
@@ -74,6 +109,8 @@ def main() -> None:
         action="store_true",
         help="recompute the reference per row (large vocabularies: Gemma 3's log-probs do not fit in RAM)",
     )
+    parser.add_argument("--resume", action="store_true", help="skip the rows already in --json")
+    parser.add_argument("--max-rows", type=int, default=0, help="stop after this many rows in --json")
     args = parser.parse_args()
 
     loaded = load_model(args.model)
@@ -93,8 +130,14 @@ def main() -> None:
         loaded.model if args.no_reference_cache else reference_log_probs(loaded.model, eval_ids, args.seq_len)
     )
     print(f"reference: {time.perf_counter() - start:.1f} s")
-    results = []
+    results: list[dict] = []
+    if args.json and args.resume and Path(args.json).exists():
+        results = json.loads(Path(args.json).read_text())
+        print(f"resuming: {len(results)} rows already in {args.json}")
+    done = {(r["weights"], r["acts"], r["algo"]) for r in results}
     for label, weights, acts, algo in ROW_SETS[args.rows]:
+        if (weights, acts, algo) in done:
+            continue
         model = copy.deepcopy(loaded.model)
         recipe = Recipe(weights=weights, acts=acts, algorithms=tuple(algo.split(",")), calibration=calib)
         result = quantize_model(model, recipe, calib_ids, progress=False)
@@ -106,8 +149,15 @@ def main() -> None:
             "eval_tokens": cmp.n_tokens, "quantize_seconds": result.seconds,
         }  # fmt: skip
         results.append(row)
-        print(json.dumps(row))
+        print(json.dumps(row), flush=True)
+        if args.json:  # after every row: a long run can stop and --resume
+            Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
         del model
+        if args.max_rows and len(results) >= args.max_rows:
+            break
+    if len(results) < len(ROW_SETS[args.rows]):
+        print(f"{len(results)} of {len(ROW_SETS[args.rows])} rows done; run again with --resume")
+        return
     fp = results[0]["ppl_fp"]
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
@@ -124,16 +174,16 @@ def main() -> None:
             f"Windows of {args.seq_len} tokens; KL(original || quantized) in nats/token; every row is "
             "reproducible on its own with the CLI command shown (same numbers).",
             "",
-            "| recipe | bits/weight | perplexity | Δ ppl | KL | top-1 | quantize s | command |",
-            "|---|---:|---:|---:|---:|---:|---:|---|",
-            f"| original (fp32) | 32 | {fp:.3f} | | 0 | 1 | | |",
+            "| recipe | algorithms | bits/weight | perplexity | Δ ppl | KL | top-1 | quantize s | command |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---|",
+            f"| original (fp32) | | 32 | {fp:.3f} | | 0 | 1 | | |",
         ]
         for r in results:
             cmd = f"anybit quantize --model {args.model} --weights {r['weights']}"
             cmd += f" --acts {r['acts']}" if r["acts"] else ""
             cmd += f" --algo {r['algo']} --eval-tokens {args.eval_tokens}"
             lines.append(
-                f"| {r['label']} | {r['bits_per_weight']:.3f} | {r['ppl_q']:.3f} "
+                f"| {r['label']} | {r['algo']} | {r['bits_per_weight']:.3f} | {r['ppl_q']:.3f} "
                 f"| {100 * (r['ppl_q'] / fp - 1):+.1f}% "
                 f"| {r['kl']:.4f} | {r['top1']:.4f} | {r['quantize_seconds']:.1f} | `{cmd}` |"
             )

@@ -248,3 +248,13 @@ def test_model_level_rotation_runs_in_the_pipeline_and_is_refused_up_front_where
     with pytest.raises(AlgorithmError):
         quantize_model(gemma, recipe, CALIB, progress=False)
     assert not any(isinstance(m, QLinear) for m in gemma.modules())
+
+
+@pytest.mark.parametrize("algo", ["rtn", "gptq", "dgq"])
+def test_every_layer_reports_its_solve_and_block_time(algo: str) -> None:
+    recipe = Recipe(weights="int4:g32", algorithms=(algo,))
+    result = quantize_model(tiny_model("llama"), recipe, CALIB, progress=False)
+    for layer in result.layers:
+        assert layer.seconds is not None and layer.block_seconds is not None
+        assert 0 <= layer.seconds <= layer.block_seconds
+    assert sum(layer.block_seconds for layer in result.layers) > 0  # type: ignore[misc]

@@ -259,4 +259,4 @@ class AdaQuant(Algorithm):
         def solve(name: str, linear: nn.Linear, scheme: QScheme, stats: LayerStats):
             return adaquant_layer(name, linear.weight.detach(), scheme, stats, opts)
 
-        return sequential_quantize(ctx, solve, opts.max_tokens)
+        return sequential_quantize(ctx, solve, opts.max_tokens, self.layer_seconds)

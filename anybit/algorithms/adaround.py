@@ -53,6 +53,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -215,7 +216,9 @@ LayerSolver = Callable[[str, nn.Linear, QScheme, LayerStats], tuple[QTensor, tor
 
 
 @torch.no_grad()
-def sequential_quantize(ctx: BlockContext, solve: LayerSolver, max_tokens: int) -> dict[str, QTensor]:
+def sequential_quantize(
+    ctx: BlockContext, solve: LayerSolver, max_tokens: int, timings: dict[str, float] | None = None
+) -> dict[str, QTensor]:
     """Solve the block's linears stage by stage; later stages see the earlier ones quantized.
 
     Each solved linear's weight is replaced by its dequantized value (and its bias by the corrected
@@ -232,7 +235,10 @@ def sequential_quantize(ctx: BlockContext, solve: LayerSolver, max_tokens: int) 
                 linear = ctx.linears[name]
                 scheme = ctx.plans[name].weights
                 assert scheme is not None
+                tic = time.perf_counter()
                 qtensor, delta = solve(ctx.full_name(name), linear, scheme, stats[name])
+                if timings is not None:
+                    timings[ctx.full_name(name)] = time.perf_counter() - tic
                 out[name] = qtensor
                 floats[name] = linear.weight.detach().clone()
                 linear.weight.copy_(qtensor.dequantize(linear.weight.dtype))
@@ -475,4 +481,4 @@ class AdaRound(Algorithm):
         def solve(name: str, linear: nn.Linear, scheme: QScheme, stats: LayerStats):
             return adaround_layer(name, linear.weight.detach(), scheme, stats, opts), None
 
-        return sequential_quantize(ctx, solve, opts.max_tokens)
+        return sequential_quantize(ctx, solve, opts.max_tokens, self.layer_seconds)

@@ -76,6 +76,10 @@ class Algorithm:
     paper: ClassVar[str] = ""
     model_level: ClassVar[bool] = False  # transforms of the whole model (rotation) run before block 0
 
+    def __init__(self) -> None:
+        # weight quantizers: full layer name -> seconds of its own solve (the pipeline reports it)
+        self.layer_seconds: dict[str, float] = {}
+
     def check(self, recipe: Recipe) -> None:
         """Raise ``AlgorithmError`` if this algorithm cannot serve ``recipe``."""
 

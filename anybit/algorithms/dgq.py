@@ -242,7 +242,7 @@ class DGQ(Algorithm):
         def solve(name: str, linear: nn.Linear, scheme: QScheme, stats: LayerStats):
             return dgq_layer(linear.weight, scheme, stats.gram, opts, name), None
 
-        return sequential_quantize(ctx, solve, opts.max_tokens)
+        return sequential_quantize(ctx, solve, opts.max_tokens, self.layer_seconds)
 
 
 # ===== pcsmooth: percentile clipping smoothing ===================================================

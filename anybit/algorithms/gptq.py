@@ -559,7 +559,7 @@ class GPTQ(Algorithm):
     paper = "Frantar et al. 2022, GPTQ (arXiv 2210.17323)"
 
     def __init__(self) -> None:
-        self.layer_seconds: dict[str, float] = {}  # full layer name -> sweep seconds (its Hessian group)
+        super().__init__()  # layer_seconds: full layer name -> sweep seconds (its Hessian group)
         self.capture_seconds = 0.0
         self.total_seconds = 0.0
 

@@ -5,6 +5,8 @@ The baseline every other method is measured against; needs no calibration data.
 
 from __future__ import annotations
 
+import time
+
 from anybit.algorithms.base import Algorithm, BlockContext, register
 from anybit.qtensor import QTensor
 from anybit.quantizer import quantize
@@ -22,5 +24,7 @@ class RoundToNearest(Algorithm):
         for name, linear in ctx.linears.items():
             scheme = ctx.plans[name].weights
             assert scheme is not None
+            tic = time.perf_counter()
             out[name] = quantize(linear.weight.detach(), scheme, name=ctx.full_name(name))
+            self.layer_seconds[ctx.full_name(name)] = time.perf_counter() - tic
         return out

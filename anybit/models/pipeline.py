@@ -49,6 +49,9 @@ class LayerReport:
     params: int
     bits: int
     rel_error: float | None = None  # relative output error on calibration data (weights and acts)
+    seconds: float | None = None  # the weight quantizer's own time for this layer (if it reports one;
+    # layers solved together, such as GPTQ's q/k/v, share one figure)
+    block_seconds: float | None = None  # wall time of the layer's whole block (transforms, captures)
 
     @property
     def bits_per_weight(self) -> float:
@@ -190,7 +193,9 @@ def quantize_model(
         from tqdm import tqdm
 
         bar = tqdm(total=len(blocks), desc=f"quantize ({quantizer.name})", unit="block")
+    layer_seconds: dict[str, float] = getattr(quantizer, "layer_seconds", {})
     for i in iterator:
+        block_start = time.perf_counter()
         block = blocks[i]
         prefix = f"{blocks_prefix}.{i}"
         block_call = calls[i] if calls else ((), {})
@@ -250,6 +255,7 @@ def quantize_model(
         if meter is not None:
             errors = meter.close()
         inputs = outputs
+        block_seconds = time.perf_counter() - block_start
         for name, q in qmodules.items():
             reports.append(
                 LayerReport(
@@ -259,6 +265,8 @@ def quantize_model(
                     params=q.qweight.numel,
                     bits=q.qweight.total_bits,
                     rel_error=errors.get(name),
+                    seconds=layer_seconds.get(f"{prefix}.{name}"),
+                    block_seconds=block_seconds,
                 )
             )
         del float_layers, qweights, ctx
