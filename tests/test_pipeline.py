@@ -228,6 +228,18 @@ def test_hf_dequantized_export_loads_in_transformers(arch: str, tmp_path: Path) 
     torch.testing.assert_close(_logits(exported), _logits(model), rtol=1e-4, atol=1e-4)
 
 
+def test_hf_dequantized_export_keeps_bias_correction(tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    model = tiny_model("llama")
+    recipe = Recipe(weights="int3:g32", algorithms=("adaquant",), options=(("adaquant.iters", 20),))
+    quantize_model(model, recipe, CALIB, progress=False)
+    out, notes = export_hf_dequantized(model, tiny_tokenizer(), tmp_path / "hf")
+    assert any("attention_bias" in n for n in notes) and any("mlp_bias" in n for n in notes)
+    exported = AutoModelForCausalLM.from_pretrained(str(out)).eval()
+    torch.testing.assert_close(_logits(exported), _logits(model), rtol=1e-4, atol=1e-4)
+
+
 def test_compare_models_kl_is_zero_for_identical_models() -> None:
     model = tiny_model("llama")
     cmp = compare_models(model, model, EVAL, 128)

@@ -257,6 +257,51 @@ def load_checkpoint(directory: str | Path, *, verify: bool = True) -> tuple[nn.M
     return model, tokenizer, header
 
 
+# config flags that give a family's linears a bias (Llama/Mistral-style configs), by linear name
+_BIAS_FLAGS = (
+    ("attention_bias", ("q_proj", "k_proj", "v_proj", "o_proj")),
+    ("mlp_bias", ("gate_proj", "up_proj", "down_proj")),
+)
+
+
+@torch.no_grad()
+def _declare_biases(model: nn.Module) -> list[str]:
+    """Make every bias of ``model`` one that ``from_pretrained`` will load.
+
+    Bias correction (AdaQuant) gives bias-free linears a bias; an HF config that does not declare
+    it would silently drop those tensors on load. Where the config has a flag for them (Llama's
+    ``attention_bias``/``mlp_bias``) it is set and the sibling linears get zero biases; any other
+    tensor the architecture would not load is an error rather than a silently different model.
+    """
+    notes: list[str] = []
+    config = model.config
+    names = dict(model.named_modules())
+    for flag, linears in _BIAS_FLAGS:
+        if not hasattr(config, flag) or getattr(config, flag):
+            continue
+        group = [(n, m) for n, m in names.items() if isinstance(m, nn.Linear) and n.split(".")[-1] in linears]
+        if not any(m.bias is not None for _, m in group):
+            continue
+        setattr(config, flag, True)
+        for _, module in group:
+            if module.bias is None:
+                module.bias = nn.Parameter(torch.zeros(module.out_features, dtype=module.weight.dtype))
+        notes.append(f"config.{flag} set to true: bias correction gave these linears biases")
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        fresh = AutoModelForCausalLM.from_config(copy.deepcopy(config))
+    dropped = sorted(set(model.state_dict()) - set(fresh.state_dict()))
+    if dropped:
+        raise CheckpointError(
+            f"a transformers {type(model).__name__} would not load {len(dropped)} exported tensors "
+            f"(e.g. {dropped[:3]}): this architecture's config cannot declare them (bias correction "
+            "on a family without bias flags?). Quantize without bias correction "
+            "(--opt adaquant.bias_correction=false) or keep the anybit checkpoint"
+        )
+    return notes
+
+
 def export_hf_dequantized(
     model: nn.Module, tokenizer: Any, directory: str | Path, *, overwrite: bool = False
 ) -> tuple[Path, list[str]]:
@@ -276,6 +321,7 @@ def export_hf_dequantized(
         else:
             set_module(exported, name, module.to_embedding())
     get_adapter(exported).restore(exported)
+    notes += _declare_biases(exported)
     if hasattr(exported, "hf_quantizer"):
         exported.hf_quantizer = None
     if hasattr(exported.config, "quantization_config"):
