@@ -54,7 +54,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from anybit.algorithms.adaround import (
+from anybit.algorithms.base import Algorithm, BlockContext, register
+from anybit.algorithms.layerwise import (
     GridSetup,
     LayerStats,
     build_qtensor,
@@ -65,7 +66,6 @@ from anybit.algorithms.adaround import (
     relative_error,
     sequential_quantize,
 )
-from anybit.algorithms.base import Algorithm, BlockContext, register
 from anybit.errors import AlgorithmError
 from anybit.formats import FormatFamily, NumberFormat
 from anybit.grouping import from_groups, to_groups

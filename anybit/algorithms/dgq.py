@@ -62,7 +62,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from anybit.algorithms.adaround import (
+from anybit.algorithms.base import Algorithm, BlockContext, register
+from anybit.algorithms.layerwise import (
     DEFAULT_MAX_TOKENS,
     LayerStats,
     check_known_options,
@@ -70,7 +71,6 @@ from anybit.algorithms.adaround import (
     recipe_weight_schemes,
     sequential_quantize,
 )
-from anybit.algorithms.base import Algorithm, BlockContext, register
 from anybit.algorithms.smooth import fold_scales, group_is_quantized, recipe_has_acts, to_channels
 from anybit.errors import AlgorithmError
 from anybit.grouping import from_groups, to_groups
