@@ -31,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, check in report["targets"].items():
         value = "n/a" if check["value"] is None else f"{check['value']:.2f}"
         print(f"- {name}: {value} (target >= {check['target']}) {'MET' if check['met'] else 'NOT MET'}")
+    for name, value in report["ratios"].items():
+        print(f"- {name}: {'n/a' if value is None else f'{value:.3f}'}")
     return 0
 
 

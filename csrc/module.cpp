@@ -1,6 +1,6 @@
 // anybit._kernels: Python bindings of the packing routines and kernels (numpy buffers, no libtorch).
 //
-// Every kernel binding takes the ISA name first ("avx512", "avx2" or "scalar"); anybit.kernels
+// Every kernel binding takes the ISA name first ("avx512gfni", "avx512", "avx2" or "scalar"); anybit.kernels
 // chooses it (ANYBIT_ISA or the best the CPU supports). Buffers must be C-contiguous arrays of the
 // exact dtype (no silent copies); sizes are checked here so that a wrong buffer is an error, never
 // an out-of-bounds read. The GIL is released while a kernel runs.
@@ -25,18 +25,28 @@ namespace {
 template <typename T>
 using Array = py::array_t<T, py::array::c_style>;
 
+using ProbeFn = uint64_t (*)(const uint64_t*, int64_t);
+
 struct IsaTable {
   const char* name;
   KernelFn intbp, cb4, w8a8, w4a8, dequant_intbp, dequant_cb4;
+  ProbeFn read_probe;
 };
 
+// Best first. avx512gfni runs the avx512 code compiled with GFNI allowed (intbp uses it).
 const IsaTable kIsas[] = {
+    {"avx512gfni", anybit::isa_avx512gfni::gemm_intbp, anybit::isa_avx512gfni::gemm_cb4,
+     anybit::isa_avx512gfni::gemm_w8a8, anybit::isa_avx512gfni::gemm_w4a8, anybit::isa_avx512gfni::dequant_intbp,
+     anybit::isa_avx512gfni::dequant_cb4, anybit::isa_avx512gfni::read_probe},
     {"avx512", anybit::isa_avx512::gemm_intbp, anybit::isa_avx512::gemm_cb4, anybit::isa_avx512::gemm_w8a8,
-     anybit::isa_avx512::gemm_w4a8, anybit::isa_avx512::dequant_intbp, anybit::isa_avx512::dequant_cb4},
+     anybit::isa_avx512::gemm_w4a8, anybit::isa_avx512::dequant_intbp, anybit::isa_avx512::dequant_cb4,
+     anybit::isa_avx512::read_probe},
     {"avx2", anybit::isa_avx2::gemm_intbp, anybit::isa_avx2::gemm_cb4, anybit::isa_avx2::gemm_w8a8,
-     anybit::isa_avx2::gemm_w4a8, anybit::isa_avx2::dequant_intbp, anybit::isa_avx2::dequant_cb4},
+     anybit::isa_avx2::gemm_w4a8, anybit::isa_avx2::dequant_intbp, anybit::isa_avx2::dequant_cb4,
+     anybit::isa_avx2::read_probe},
     {"scalar", anybit::isa_scalar::gemm_intbp, anybit::isa_scalar::gemm_cb4, anybit::isa_scalar::gemm_w8a8,
-     anybit::isa_scalar::gemm_w4a8, anybit::isa_scalar::dequant_intbp, anybit::isa_scalar::dequant_cb4},
+     anybit::isa_scalar::gemm_w4a8, anybit::isa_scalar::dequant_intbp, anybit::isa_scalar::dequant_cb4,
+     anybit::isa_scalar::read_probe},
 };
 
 py::dict cpu_features() {
@@ -52,6 +62,7 @@ py::dict cpu_features() {
   d["avx512vnni"] = static_cast<bool>(__builtin_cpu_supports("avx512vnni"));
   d["avx512vbmi"] = static_cast<bool>(__builtin_cpu_supports("avx512vbmi"));
   d["avx512bf16"] = static_cast<bool>(__builtin_cpu_supports("avx512bf16"));
+  d["gfni"] = static_cast<bool>(__builtin_cpu_supports("gfni"));
 #endif
   return d;
 }
@@ -62,10 +73,11 @@ bool isa_supported(const std::string& name) {
   __builtin_cpu_init();
   const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   if (name == "avx2") return avx2;
-  if (name == "avx512")
-    return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-           __builtin_cpu_supports("avx512vnni");
+  const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+                      __builtin_cpu_supports("avx512vnni");
+  if (name == "avx512") return avx512;
+  if (name == "avx512gfni") return avx512 && __builtin_cpu_supports("gfni");
 #endif
   return false;
 }
@@ -83,7 +95,7 @@ const IsaTable& isa_table(const std::string& name) {
       if (!isa_supported(name)) throw std::invalid_argument("ISA '" + name + "' is not supported by this CPU");
       return t;
     }
-  throw std::invalid_argument("unknown ISA '" + name + "'; use avx512, avx2 or scalar");
+  throw std::invalid_argument("unknown ISA '" + name + "'; use avx512gfni, avx512, avx2 or scalar");
 }
 
 void require(bool ok, const std::string& what) {
@@ -92,8 +104,9 @@ void require(bool ok, const std::string& what) {
 
 template <typename T>
 void require_size(const Array<T>& a, int64_t expected, const char* name) {
-  require(a.size() == expected, std::string(name) + ": expected " + std::to_string(expected) + " elements, got " +
-                                    std::to_string(a.size()));
+  if (a.size() != expected)  // the message is built only on failure: these checks run on every call
+    throw std::invalid_argument(std::string(name) + ": expected " + std::to_string(expected) + " elements, got " +
+                                std::to_string(a.size()));
 }
 
 // x [M, K_pad] float32 and y [M, N] float32; fills M, N, K_pad.
@@ -109,9 +122,9 @@ void bind_xy(GemmArgs& args, const Array<float>& x, Array<float>& y) {
 }
 
 void set_groups(GemmArgs& args, int64_t group_size, int64_t multiple) {
-  require(group_size > 0 && group_size % multiple == 0 && args.K_pad % group_size == 0,
-          "group_size " + std::to_string(group_size) + " must be a positive multiple of " + std::to_string(multiple) +
-              " dividing K_pad " + std::to_string(args.K_pad));
+  if (!(group_size > 0 && group_size % multiple == 0 && args.K_pad % group_size == 0))
+    throw std::invalid_argument("group_size " + std::to_string(group_size) + " must be a positive multiple of " +
+                                std::to_string(multiple) + " dividing K_pad " + std::to_string(args.K_pad));
   args.group_size = group_size;
   args.n_groups = args.K_pad / group_size;
 }
@@ -122,9 +135,31 @@ void run(KernelFn fn, const GemmArgs& args) {
 }
 
 // ----- weight-only kernels -----------------------------------------------------------------------
+// intbp scales/offsets: float32 arrays (scale_dtype "fp32"), or uint16 arrays holding float16 /
+// bfloat16 bits ("fp16" / "bf16"), which the packer uses when they hold the values exactly.
+int intbp_scale_kind(const std::string& scale_dtype) {
+  if (scale_dtype == "fp32") return 0;
+  if (scale_dtype == "fp16") return 1;
+  if (scale_dtype == "bf16") return 2;
+  throw std::invalid_argument("scale_dtype must be fp32, fp16 or bf16, not '" + scale_dtype + "'");
+}
+
+template <typename T>
+const T* intbp_scale_buffer(const py::array& array, int64_t expected, const char* name) {
+  if (!array.dtype().is(py::dtype::of<T>()))  // message built only on failure (this runs per call)
+    throw std::invalid_argument(std::string(name) + ": expected dtype " +
+                                (sizeof(T) == 4 ? "float32" : "uint16 (16-bit float bits)") +
+                                " for this scale_dtype, got " + std::string(py::str(array.dtype())));
+  if ((array.flags() & py::array::c_style) == 0) throw std::invalid_argument(std::string(name) + " must be C-contiguous");
+  if (array.size() != expected)
+    throw std::invalid_argument(std::string(name) + ": expected " + std::to_string(expected) + " elements, got " +
+                                std::to_string(array.size()));
+  return static_cast<const T*>(array.data());
+}
+
 void gemm_intbp(const std::string& isa, const Array<float>& x, Array<float> y, const Array<uint32_t>& words,
-                int bits, int64_t group_size, const Array<float>& scales, std::optional<Array<float>> offsets,
-                float offset_mul, bool dequant) {
+                int bits, int64_t group_size, const py::array& scales, std::optional<py::array> offsets,
+                float offset_mul, bool dequant, const std::string& scale_dtype) {
   const IsaTable& t = isa_table(isa);
   GemmArgs a;
   if (dequant) {  // y is the [N, K_pad] weight; x only carries K_pad (shape [0, K_pad])
@@ -136,17 +171,21 @@ void gemm_intbp(const std::string& isa, const Array<float>& x, Array<float> y, c
     bind_xy(a, x, y);
   }
   require(bits >= 1 && bits <= 8, "bits must be 1..8");
-  require(a.K_pad % anybit::kIntChunkCols == 0, "K_pad must be a multiple of 32 for bit-plane codes");
+  require(a.K_pad % anybit::kIntChunkCols == 0, "K_pad must be a multiple of 32 for bit-field codes");
   set_groups(a, group_size, anybit::kIntChunkCols);
   const int64_t n_pad = anybit::round_up(a.N, anybit::kIntTileRows);
   require_size(words, n_pad / anybit::kIntTileRows * (a.K_pad / anybit::kIntChunkCols) * bits * anybit::kIntTileRows,
                "words");
-  require_size(scales, n_pad * a.n_groups, "scales");
-  if (offsets) require_size(*offsets, n_pad * a.n_groups, "offsets");
+  a.scale_kind = intbp_scale_kind(scale_dtype);
+  if (a.scale_kind == 0) {
+    a.scales = intbp_scale_buffer<float>(scales, n_pad * a.n_groups, "scales");
+    if (offsets) a.offsets = intbp_scale_buffer<float>(*offsets, n_pad * a.n_groups, "offsets");
+  } else {
+    a.scales16 = intbp_scale_buffer<uint16_t>(scales, n_pad * a.n_groups, "scales");
+    if (offsets) a.offsets16 = intbp_scale_buffer<uint16_t>(*offsets, n_pad * a.n_groups, "offsets");
+  }
   a.weight = words.data();
   a.bits = bits;
-  a.scales = scales.data();
-  a.offsets = offsets ? offsets->data() : nullptr;
   a.offset_mul = offset_mul;
   run(dequant ? t.dequant_intbp : t.intbp, a);
 }
@@ -174,7 +213,8 @@ void gemm_cb4(const std::string& isa, const Array<float>& x, Array<float> y, con
     require_size(*type_ids, a.N * a.n_groups, "type_ids");
     const uint8_t* ids = type_ids->data();
     for (int64_t i = 0; i < type_ids->size(); ++i)
-      require(ids[i] < tables.shape(0), "type_ids: id " + std::to_string(ids[i]) + " has no table");
+      if (ids[i] >= tables.shape(0))
+        throw std::invalid_argument("type_ids: id " + std::to_string(ids[i]) + " has no table");
   } else {
     require(tables.shape(0) == 1, "without type_ids, tables must have one row");
   }
@@ -308,9 +348,10 @@ Array<uint8_t> unpack_q8(const Array<uint8_t>& packed, int64_t N, int64_t K) {
   return out;
 }
 
-uint64_t read_probe(const Array<uint64_t>& buffer) {
+uint64_t read_probe(const Array<uint64_t>& buffer, const std::string& isa) {
+  const IsaTable& t = isa_table(isa);
   py::gil_scoped_release release;
-  return anybit::read_probe(buffer.data(), buffer.size());
+  return t.read_probe(buffer.data(), buffer.size());
 }
 
 }  // namespace
@@ -326,7 +367,8 @@ PYBIND11_MODULE(_kernels, m) {
   m.def("pack_q8", &pack_q8, py::arg("codes").noconvert(), py::arg("k_multiple"));
   m.def("unpack_q8", &unpack_q8, py::arg("packed").noconvert(), py::arg("n"), py::arg("k"));
   m.def("gemm_intbp", &gemm_intbp, py::arg("isa"), py::arg("x").noconvert(), py::arg("y").noconvert(), py::arg("words").noconvert(), py::arg("bits"),
-        py::arg("group_size"), py::arg("scales").noconvert(), py::arg("offsets").noconvert(), py::arg("offset_mul"), py::arg("dequant") = false);
+        py::arg("group_size"), py::arg("scales"), py::arg("offsets"), py::arg("offset_mul"), py::arg("dequant") = false,
+        py::arg("scale_dtype") = "fp32");
   m.def("gemm_cb4", &gemm_cb4, py::arg("isa"), py::arg("x").noconvert(), py::arg("y").noconvert(), py::arg("packed").noconvert(), py::arg("group_size"),
         py::arg("scales").noconvert(), py::arg("offsets").noconvert(), py::arg("tables").noconvert(), py::arg("type_ids").noconvert(), py::arg("dequant") = false);
   m.def(
@@ -346,7 +388,8 @@ PYBIND11_MODULE(_kernels, m) {
       },
       py::arg("isa"), py::arg("x").noconvert(), py::arg("y").noconvert(), py::arg("packed").noconvert(), py::arg("group_size"), py::arg("s2").noconvert(),
       py::arg("base").noconvert(), py::arg("acc_scales").noconvert(), py::arg("acc_zeros").noconvert());
-  m.def("read_probe", &read_probe, py::arg("buffer").noconvert(),
-        "Sum of a uint64 buffer read by all threads: time it to measure memory read bandwidth");
+  m.def("read_probe", &read_probe, py::arg("buffer").noconvert(), py::arg("isa") = "scalar",
+        "Sum of a uint64 buffer read by all threads with the ISA's widest loads: time it to measure memory read "
+        "bandwidth");
   m.def("quantize_activations_int8", &quantize_activations, py::arg("x").noconvert(), py::arg("group_size"));
 }

@@ -6,30 +6,48 @@
 
 namespace anybit {
 
+// Byte of the bit-field layout (kernels.h) that holds the field `f` of code (n, k), and its shift.
+static inline int64_t bitfield_byte(int64_t n, int64_t k, int64_t chunks, int bits, int f, int* shift) {
+  const int w = int_field_width(bits, f), off = int_field_offset(bits, f);
+  const int64_t tile = n / kIntTileRows, lane = n % kIntTileRows;
+  const int64_t chunk = k / kIntChunkCols, j = k % kIntChunkCols;
+  const int cols_per_vector = kIntChunkCols / w;
+  const int64_t vector = off + j / cols_per_vector;
+  const int64_t within = j % cols_per_vector;  // = 4 * position + byte
+  *shift = w * static_cast<int>(within / 4);
+  return ((tile * chunks + chunk) * bits + vector) * kIntVectorBytes + 4 * lane + within % 4;
+}
+
 void pack_intbp(const uint8_t* codes, int64_t N, int64_t K, int bits, uint32_t* out) {
   const int64_t n_pad = round_up(N, kIntTileRows), k_pad = round_up(K, kIntChunkCols);
   const int64_t chunks = k_pad / kIntChunkCols;
+  uint8_t* bytes = reinterpret_cast<uint8_t*>(out);  // little-endian words: byte i of word = byte 4r+i
   std::memset(out, 0, sizeof(uint32_t) * (n_pad / kIntTileRows) * chunks * bits * kIntTileRows);
   for (int64_t n = 0; n < N; ++n) {
-    const int64_t tile = n / kIntTileRows, lane = n % kIntTileRows;
     for (int64_t k = 0; k < K; ++k) {
       const uint32_t code = codes[n * K + k];
-      const int64_t chunk = k / kIntChunkCols, bit_in_word = k % kIntChunkCols;
-      uint32_t* words = out + ((tile * chunks + chunk) * bits) * kIntTileRows + lane;
-      for (int b = 0; b < bits; ++b) words[b * kIntTileRows] |= ((code >> b) & 1u) << bit_in_word;
+      for (int f = 0; f < int_field_count(bits); ++f) {
+        int shift;
+        const int64_t at = bitfield_byte(n, k, chunks, bits, f, &shift);
+        const uint32_t field = (code >> int_field_offset(bits, f)) & ((1u << int_field_width(bits, f)) - 1u);
+        bytes[at] = static_cast<uint8_t>(bytes[at] | (field << shift));
+      }
     }
   }
 }
 
 void unpack_intbp(const uint32_t* words, int64_t N, int64_t K, int bits, uint8_t* codes) {
   const int64_t chunks = round_up(K, kIntChunkCols) / kIntChunkCols;
+  const uint8_t* bytes = reinterpret_cast<const uint8_t*>(words);
   for (int64_t n = 0; n < N; ++n) {
-    const int64_t tile = n / kIntTileRows, lane = n % kIntTileRows;
     for (int64_t k = 0; k < K; ++k) {
-      const int64_t chunk = k / kIntChunkCols, bit_in_word = k % kIntChunkCols;
-      const uint32_t* w = words + ((tile * chunks + chunk) * bits) * kIntTileRows + lane;
       uint32_t code = 0;
-      for (int b = 0; b < bits; ++b) code |= ((w[b * kIntTileRows] >> bit_in_word) & 1u) << b;
+      for (int f = 0; f < int_field_count(bits); ++f) {
+        int shift;
+        const int64_t at = bitfield_byte(n, k, chunks, bits, f, &shift);
+        const uint32_t field = (bytes[at] >> shift) & ((1u << int_field_width(bits, f)) - 1u);
+        code |= field << int_field_offset(bits, f);
+      }
       codes[n * K + k] = static_cast<uint8_t>(code);
     }
   }
@@ -144,24 +162,6 @@ void quantize_activations_int8(const float* x, int64_t M, int64_t K_pad, int64_t
       x_gsum[m * groups + g] = sum;
     }
   }
-}
-
-}  // namespace anybit
-
-namespace anybit {
-
-// Memory read bandwidth probe: every thread sums its share of the buffer with independent 64-bit
-// adds (the compiler vectorizes them; reading, not adding, is the bottleneck).
-uint64_t read_probe(const uint64_t* words, int64_t count) {
-  uint64_t total = 0;
-#pragma omp parallel for schedule(static) reduction(+ : total)
-  for (int64_t i = 0; i < count; i += 8) {
-    uint64_t s = 0;
-    const int64_t end = i + 8 < count ? i + 8 : count;
-    for (int64_t j = i; j < end; ++j) s += words[j];
-    total += s;
-  }
-  return total;
 }
 
 }  // namespace anybit

@@ -1,9 +1,11 @@
 """Every kernel against its pure-torch reference, on every ISA this CPU runs.
 
 Reference: ``x @ q.dequantize().T`` in float32 (weight-only kinds), the same with ``x`` quantized per
-token to INT8 first (``w8a8``/``w4a8``, :mod:`anybit.kernels.reference`). The kernels only change
-the float summation order, so the tolerance is ``1e-4 * max|reference|`` absolute (observed errors
-are ~1e-6 relative); the integer kernels' INT32 dot products are exact.
+token to INT8 first (``w8a8``/``w4a8``, :mod:`anybit.kernels.reference`). The tolerance is
+``1e-4 * max|reference|`` absolute. The codebook kernel only changes the float summation order
+(~1e-6 relative); the integer kernels' INT32 dot products are exact; ``intbp`` quantizes the
+activations to 16-bit integers per block (documented in anybit.kernels.packed), ~2e-5 relative
+here, and is also held tightly to the reference of that quantization and to its error bound.
 """
 
 from __future__ import annotations
@@ -21,7 +23,12 @@ pytestmark = pytest.mark.skipif(not dispatch.is_available(), reason=str(dispatch
 
 if dispatch.is_available():
     from anybit.kernels import DEQUANT_MIN_TOKENS, PackedLinearWeight, supported_isas, use_isa
-    from anybit.kernels.reference import matmul_int8_activations_reference, matmul_reference
+    from anybit.kernels.reference import (
+        matmul_int8_activations_reference,
+        matmul_int16_activations_reference,
+        matmul_reference,
+        quantize_activations_int16,
+    )
 
     ISAS = supported_isas()
 else:  # collected but skipped
@@ -38,9 +45,12 @@ WEIGHT_ONLY = [
     ("uint5:g32:asym", "intbp"),
     ("int6:channel", "intbp"),
     ("int8:g64", "intbp"),
+    ("int7:g64", "intbp"),
     ("int2bb:g32:asym", "intbp"),
     ("int4:tensor", "intbp"),
     ("int4:g64:scale=bf16", "intbp"),
+    ("int2:g64:scale=fp16", "intbp"),
+    ("int3:g32:asym:scale=fp16", "intbp"),
     ("fp4_e2m1:g32", "codebook"),
     ("nf4", "codebook"),
     ("nvfp4", "codebook"),
@@ -129,7 +139,7 @@ def test_odd_input_features_are_padded(scheme: str) -> None:
             _assert_close(packed.matmul(x), reference(q, x))
 
 
-@pytest.mark.parametrize("scheme", ["int4:g32", "nf4", "bitmod4:g32"])
+@pytest.mark.parametrize("scheme", ["nf4", "bitmod4:g32"])
 def test_many_tokens_take_the_dequantize_path(scheme: str) -> None:
     q = anybit.quantize(_weight(300, 64, 5), scheme)  # > one dequantization block of rows
     packed = PackedLinearWeight.from_qtensor(q)
@@ -138,6 +148,99 @@ def test_many_tokens_take_the_dequantize_path(scheme: str) -> None:
         with use_isa(isa):
             _assert_close(packed.matmul(x), matmul_reference(q, x))
             torch.testing.assert_close(packed.dequantize(), q.dequantize(), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("scheme", ["int4:g32", "int3:g64:asym", "int8:channel"])
+def test_intbp_many_tokens_and_dequantize(scheme: str) -> None:
+    """intbp runs its own kernel at every M (token blocks of 4 and tile pairs, with tails)."""
+    q = anybit.quantize(_weight(300, 128, 5), scheme)
+    packed = PackedLinearWeight.from_qtensor(q)
+    for m in (2, 5, DEQUANT_MIN_TOKENS + 3):
+        x = _x(m, 128, m)
+        for isa in ISAS:
+            with use_isa(isa):
+                _assert_close(packed.matmul(x), matmul_reference(q, x))
+    for isa in ISAS:
+        with use_isa(isa):
+            torch.testing.assert_close(packed.dequantize(), q.dequantize(), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "scheme", ["int2:g32", "int4:g64", "uint5:g32:asym", "int4:g32:asym=float", "int6:channel"]
+)
+def test_intbp_is_the_16bit_activation_product(scheme: str) -> None:
+    """intbp = W @ x_q exactly up to float rounding (x_q: the 16-bit activations of
+    reference.quantize_activations_int16), and |intbp - W @ x| <= 0.5 * |W| @ activation scale,
+    whatever the cancellation in the outputs; the three ISAs agree bit for bit."""
+    n, k = 70, 192
+    q = anybit.quantize(_weight(n, k, 11), scheme)
+    packed = PackedLinearWeight.from_qtensor(q)
+    block = packed.activation_block
+    w = q.dequantize()
+    for m, seed in ((1, 1), (6, 2)):
+        x = _x(m, k, seed)
+        x[:, 5] *= 300  # an outlier activation only coarsens its own block
+        outs = {}
+        for isa in ISAS:
+            with use_isa(isa):
+                outs[isa] = packed.matmul(x)
+        for y in outs.values():
+            assert torch.equal(y, outs[ISAS[0]])
+        y = outs[ISAS[0]]
+        xp = torch.nn.functional.pad(x, (0, packed.k_pad - k))
+        codes, scale = quantize_activations_int16(xp, block)
+        x_q = (codes.float().reshape(m, -1, block) * scale.unsqueeze(-1)).reshape(m, -1)[:, :k]
+        magnitude = x_q.abs() @ w.abs().T  # scale of the float rounding, immune to cancellation
+        assert ((y - matmul_int16_activations_reference(q, x, block)).abs() <= 1e-5 * magnitude + 1e-6).all()
+        step = scale.repeat_interleave(block, dim=1)[:, :k]  # each activation is off by <= step / 2
+        bound = 0.5 * step @ w.abs().T
+        assert ((y - matmul_reference(q, x)).abs() <= bound * (1 + 1e-3) + 1e-5 * magnitude).all()
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+def test_intbp_raw_binding_every_bit_width(bits: int) -> None:
+    """Every field split (1..8 bits, incl. widths no number format uses) through the raw binding,
+    with per-row offsets and with offset_mul, against codes * scales + offsets in torch."""
+    from anybit.kernels.packing import pack_bitfields
+
+    ext = dispatch.extension()
+    n, k, g = 37, 256, 128
+    gen = torch.Generator().manual_seed(bits)
+    codes = torch.randint(0, 1 << bits, (n, k), generator=gen, dtype=torch.uint8)
+    scales = torch.rand(n, k // g, generator=gen) + 0.5
+    offsets = torch.randn(n, k // g, generator=gen)
+    x = torch.randn(3, k, generator=gen)
+    words = pack_bitfields(codes, bits)
+    tiles = words.shape[0]
+
+    def tiled(t: torch.Tensor) -> object:
+        padded = torch.zeros(tiles * 16, t.shape[1])
+        padded[:n] = t
+        return padded.reshape(tiles, 16, -1).transpose(1, 2).contiguous().numpy()
+
+    for offs, offset_mul in ((None, -float(1 << (bits - 1))), (offsets, 0.0)):
+        o = offs if offs is not None else scales * offset_mul
+        w = (codes.float().reshape(n, -1, g) * scales.unsqueeze(-1) + o.unsqueeze(-1)).reshape(n, k)
+        ref = x @ w.T
+        for isa in ISAS:
+            y = torch.empty(3, n)
+            tiled_o = None if offs is None else tiled(offs)
+            ext.gemm_intbp(isa, x.numpy(), y.numpy(), words, bits, g, tiled(scales), tiled_o, offset_mul)
+            _assert_close(y, ref)
+
+
+def test_intbp_special_activations() -> None:
+    q = anybit.quantize(_weight(20, 128, 3), "int4:g64")
+    packed = PackedLinearWeight.from_qtensor(q)
+    zero = torch.zeros(2, 128)
+    x = _x(2, 128, 4)
+    x[1, 70] = float("inf")  # second block of token 1
+    for isa in ISAS:
+        with use_isa(isa):
+            assert torch.equal(packed.matmul(zero), torch.zeros(2, 20))
+            y = packed.matmul(x)
+            assert torch.isfinite(y[0]).all() and not torch.isfinite(y[1]).any()
+            _assert_close(y[0], matmul_reference(q, x[:1])[0])
 
 
 def test_batched_input_keeps_leading_dims() -> None:
@@ -156,6 +259,53 @@ def test_nbytes_counts_packed_buffers() -> None:
     assert packed.nbytes == n * k // 2 + n * (k // 64) * 4  # nibbles of codes + fp32 scales
     q2 = anybit.quantize(_weight(n, k, 2), "int2:g64")
     assert PackedLinearWeight.from_qtensor(q2).nbytes == n * k // 4 + n * (k // 64) * 4
+
+
+@pytest.mark.parametrize(
+    ("scheme", "magnitude", "dtype"),
+    [
+        ("int2:g64:scale=fp16", 1.0, "fp16"),
+        ("int4:g64:scale=bf16", 1.0, "fp16"),  # these bf16 values are exact float16 values too
+        ("int4:g64:scale=bf16", 1e6, "bf16"),  # beyond float16's range
+        ("int2:g64", 1.0, "fp32"),
+    ],
+)
+def test_intbp_stores_16bit_scales_when_exact(scheme: str, magnitude: float, dtype: str) -> None:
+    n, k = 64, 256
+    q = anybit.quantize(_weight(n, k, 2) * magnitude, scheme)
+    packed = PackedLinearWeight.from_qtensor(q)
+    assert packed.scale_dtype == dtype
+    scale_bytes = 4 if dtype == "fp32" else 2
+    assert packed.nbytes == n * k * q.scheme.number_format.bits // 8 + n * (k // 64) * scale_bytes
+    x = _x(3, k, 1)
+    for isa in ISAS:
+        with use_isa(isa):
+            _assert_close(packed.matmul(x), matmul_reference(q, x))
+            torch.testing.assert_close(packed.dequantize(), q.dequantize(), rtol=1e-6, atol=1e-6 * magnitude)
+
+
+def test_intbp_fp16_scales_widen_exactly() -> None:
+    """Subnormal, tiny, huge and negative float16 scales: the three ISAs' widening is exact."""
+    ext = dispatch.extension()
+    values = torch.tensor([6e-8, 3e-5, 1e-3, 0.5, 1.0, 65504.0, 2.0**-14, -0.75] * 2, dtype=torch.float16)
+    scales = values.reshape(1, 1, 16)  # one tile, one group
+    words = torch.zeros(1, 1, 1, 16, dtype=torch.int32).numpy().view("uint32")
+    for isa in ISAS:
+        y = torch.empty(16, 32)
+        ext.gemm_intbp(
+            isa,
+            torch.empty(0, 32).numpy(),
+            y.numpy(),
+            words,
+            1,
+            32,
+            scales.numpy().view("uint16"),
+            None,
+            1.0,
+            dequant=True,
+            scale_dtype="fp16",
+        )  # codes 0, offset_mul 1: every weight is its row's scale
+        assert torch.equal(y[:, 0], values.float())
 
 
 # ----- dispatch ---------------------------------------------------------------------------------
@@ -232,3 +382,7 @@ def test_raw_binding_rejects_wrong_buffers() -> None:
         ext.gemm_intbp("scalar", x, y, packed.codes[:, :1].copy(), 4, 32, packed.scales, None, -8.0)
     with pytest.raises(TypeError):  # float64 output is not silently converted
         ext.gemm_intbp("scalar", x, y.astype("float64"), packed.codes, 4, 32, packed.scales, None, -8.0)
+    with pytest.raises(ValueError, match="uint16"):  # float32 scales announced as float16
+        ext.gemm_intbp("scalar", x, y, packed.codes, 4, 32, packed.scales, None, -8.0, scale_dtype="fp16")
+    with pytest.raises(ValueError, match="scale_dtype"):
+        ext.gemm_intbp("scalar", x, y, packed.codes, 4, 32, packed.scales, None, -8.0, scale_dtype="fp8")

@@ -2,21 +2,32 @@
 
 Protocol (``run_kernel_bench``):
 
-1. ``bandwidth_gbs``: median of :data:`BANDWIDTH_REPEATS` timed reads of a
-   :data:`BANDWIDTH_BYTES` buffer by all threads (``anybit._kernels.read_probe``), measured first in
-   the same process, so every ratio below is against this machine, now.
+1. ``bandwidth_gbs``: a :data:`BANDWIDTH_BYTES` buffer is read chunk by chunk, each
+   :data:`BANDWIDTH_CHUNK_BYTES` chunk (about one 4096x4096 int4 weight) one timed call of
+   ``anybit._kernels.read_probe`` (all threads, the widest loads of the active ISA), for
+   :data:`BANDWIDTH_PASSES` passes; bandwidth = chunk bytes / median call time. Measured first in the
+   same process, so every ratio below is against this machine, now. Why chunks: the kernels are
+   timed per call of ~0.1-1 ms, and on a shared machine a single 20 ms read of the whole buffer is
+   often preempted by the scheduler, which measures the CPU share instead of the memory (the
+   earlier whole-buffer, SSE2 probe read 17-20 GB/s under load while the kernels streamed 30+).
 2. For each shape ``N x K`` (out x in features) and token count ``M`` in :data:`TOKENS`, each
    kernel's median wall time over :data:`REPEATS` calls (after one warm-up) of the *public* entry
-   (``PackedLinearWeight.matmul``, or the torch op), Python overhead included.
+   (``PackedLinearWeight.matmul``, or the torch op), Python overhead included. Many repetitions
+   at M = 1 because the machine is shared: the median of 201 calls of ~0.2 ms is robust to the
+   scheduler's occasional preemption.
 3. Weights are cold, as in a real model whose layers do not fit in the cache: for M < 512 the
-   calls rotate over enough copies of the packed weight to exceed :data:`ROTATE_BYTES` (4x this
-   machine's 32 MiB L3), so GEMV reads come from DRAM. ``weight_gbs`` = packed weight bytes
+   calls rotate over enough copies of the packed weight to exceed :data:`ROTATE_BYTES` (16x this
+   machine's 32 MiB L3), so GEMV reads come from DRAM. Not 4x: AMD's L3 is a victim cache that does
+   not evict in LRU order, and with 128 MiB of copies a 4096x4096 int4 GEMV still found ~12% of its
+   bytes there (34.0 vs 30.1 GB/s at 512 MiB). ``weight_gbs`` = packed weight bytes
    (codes + scales + zeros + tables) / median seconds; for M = 1 its ratio to ``bandwidth_gbs`` is
    the fraction of the memory-bandwidth limit reached.
 
-Kernels: ``int8`` ``int4`` ``int3`` ``int2`` (weight-only, bit-plane kernel), ``fp4_e2m1``
-``nf4`` (codebook kernel), ``w8a8`` (int8 per channel, per-token INT8 activations), ``w4a8``
-(DGQ ``int4:g128:dual``; g64 where K is not a multiple of 128), and the torch references
+Kernels: ``int8`` ``int4`` ``int3`` ``int2`` (weight-only ``intbp``: bit-field codes, fp32 group
+scales, 16-bit integer activations), ``int4_s16`` ``int2_s16`` (the same with ``scale=fp16``, so the
+packed scales are float16: what 16-bit scales save at 2 bits), ``fp4_e2m1`` ``nf4`` (codebook
+kernel), ``w8a8`` (int8 per channel, per-token INT8 activations), ``w4a8`` (DGQ
+``int4:g128:dual``; g64 where K is not a multiple of 128), and the torch references
 ``torch_fp32``, ``torch_bf16`` (``x @ w.T``), ``torch_int4pack`` (``_weight_int4pack_mm_for_cpu``,
 group 64 where it divides K, else 32) and ``torch_int8pack`` (``_weight_int8pack_mm``).
 """
@@ -39,10 +50,11 @@ from anybit.kernels.dispatch import active_isa, extension
 from anybit.kernels.packed import PackedLinearWeight
 
 BANDWIDTH_BYTES = 512 * 2**20
-BANDWIDTH_REPEATS = 9
-ROTATE_BYTES = 128 * 2**20
+BANDWIDTH_CHUNK_BYTES = 8 * 2**20
+BANDWIDTH_PASSES = 3
+ROTATE_BYTES = 512 * 2**20
 MAX_COPIES = 4096
-REPEATS = {1: 41, 16: 15, 512: 3}
+REPEATS = {1: 201, 16: 41, 512: 3}
 SHAPES: tuple[tuple[int, int], ...] = ((4096, 4096), (576, 576), (1536, 576), (576, 1536), (192, 576))
 TOKENS: tuple[int, ...] = (1, 16, 512)
 SCHEMES: dict[str, tuple[str, str]] = {  # kernel -> (scheme, activations)
@@ -50,6 +62,8 @@ SCHEMES: dict[str, tuple[str, str]] = {  # kernel -> (scheme, activations)
     "int4": ("int4:g64", "fp32"),
     "int3": ("int3:g64", "fp32"),
     "int2": ("int2:g64", "fp32"),
+    "int4_s16": ("int4:g64:scale=fp16", "fp32"),
+    "int2_s16": ("int2:g64:scale=fp16", "fp32"),
     "fp4_e2m1": ("fp4_e2m1:g32", "fp32"),
     "nf4": ("nf4", "fp32"),
     "w8a8": ("int8:channel", "int8"),
@@ -70,12 +84,17 @@ def _median_seconds(calls: list[Callable[[], object]], repeats: int) -> float:
     return statistics.median(times)
 
 
-def measure_bandwidth(nbytes: int = BANDWIDTH_BYTES, repeats: int = BANDWIDTH_REPEATS) -> float:
-    """Memory read bandwidth in GB/s (1e9 bytes/s), all threads reading one large buffer."""
+def measure_bandwidth(
+    nbytes: int = BANDWIDTH_BYTES, chunk: int = BANDWIDTH_CHUNK_BYTES, passes: int = BANDWIDTH_PASSES
+) -> float:
+    """Memory read bandwidth in GB/s (1e9 bytes/s): median over cold ``chunk``-byte reads (all
+    threads, the active ISA's widest loads) cycling through an ``nbytes`` buffer (module docstring)."""
     buffer = np.ones(nbytes // 8, dtype=np.uint64)
-    probe = extension().read_probe
-    seconds = _median_seconds([lambda: probe(buffer)], repeats)
-    return buffer.nbytes / seconds / 1e9
+    words = chunk // 8
+    probe, isa = extension().read_probe, active_isa()
+    views = [buffer[i : i + words] for i in range(0, buffer.size - words + 1, words)]
+    seconds = _median_seconds([lambda v=v: probe(v, isa) for v in views], passes * len(views))
+    return words * 8 / seconds / 1e9
 
 
 def _copies(nbytes: int, tokens: int) -> int:
@@ -200,6 +219,7 @@ def run_kernel_bench(
         "machine": machine_info(),
         "results": results,
         "targets": targets(results, bandwidth),
+        "ratios": ratios(results),
     }
     if json_path is not None:
         with open(json_path, "w") as f:
@@ -239,6 +259,24 @@ def targets(results: list[dict], bandwidth: float) -> dict[str, dict[str, float 
         name: {"value": value, "target": goal, "met": None if value is None else value >= goal}
         for name, (value, goal) in checks.items()
     }
+
+
+def ratios(results: list[dict]) -> dict[str, float | None]:
+    """Context for the W2/W4 target at 4096x4096, M = 1: the same speed-up with float16 scales, and
+    each pair's packed-bytes ratio (the speed-up of a purely memory-bound kernel)."""
+    n = k = 4096
+
+    def row(kernel: str) -> dict | None:
+        return next((r for r in results if (r["kernel"], r["n"], r["k"], r["m"]) == (kernel, n, k, 1)), None)
+
+    out: dict[str, float | None] = {}
+    for suffix in ("", "_s16"):
+        w4, w2 = row("int4" + suffix), row("int2" + suffix)
+        name = "fp32_scales" if not suffix else "fp16_scales"
+        ok = w4 is not None and w2 is not None
+        out[f"w2_over_w4_speedup_{name}"] = w4["seconds"] / w2["seconds"] if ok else None  # type: ignore[index]
+        out[f"w4_over_w2_bytes_{name}"] = w4["weight_bytes"] / w2["weight_bytes"] if ok else None  # type: ignore[index]
+    return out
 
 
 def markdown_table(report: dict) -> str:

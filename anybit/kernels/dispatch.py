@@ -1,11 +1,13 @@
 """Loading the compiled extension and choosing the instruction set its kernels run with.
 
 The extension ``anybit._kernels`` is built by the package's own build (scikit-build-core + CMake,
-``pip install .`` or ``pip install -e .``). It holds three copies of every kernel, compiled for
-AVX-512 (F/BW/VL/DQ/VNNI), AVX2+FMA and plain x86-64 (scalar); which copy runs is chosen per call:
+``pip install .`` or ``pip install -e .``). It holds four copies of every kernel, compiled for
+AVX-512 (F/BW/VL/DQ/VNNI) + GFNI (``avx512gfni``: the same code, but the bit-field kernel extracts
+fields with one GFNI affine instead of a shift and an AND), AVX-512, AVX2+FMA and plain x86-64
+(``scalar``); which copy runs is chosen per call:
 
 1. the innermost :func:`use_isa` context (tests use it to walk every path), else
-2. the ``ANYBIT_ISA`` environment variable (``avx512``, ``avx2`` or ``scalar``), else
+2. the ``ANYBIT_ISA`` environment variable (``avx512gfni``, ``avx512``, ``avx2`` or ``scalar``), else
 3. the best ISA the CPU supports.
 
 Asking for an ISA the CPU cannot run is a :class:`~anybit.errors.KernelError` (never a crash with
@@ -24,7 +26,7 @@ from types import ModuleType
 from anybit.errors import KernelError
 
 ISA_ENV = "ANYBIT_ISA"
-ISAS: tuple[str, ...] = ("avx512", "avx2", "scalar")  # best first
+ISAS: tuple[str, ...] = ("avx512gfni", "avx512", "avx2", "scalar")  # best first
 
 try:
     from anybit import _kernels as _EXT  # type: ignore[attr-defined]
@@ -49,9 +51,16 @@ def is_available() -> bool:
     return _EXT is not None
 
 
+_SUPPORTED: tuple[str, ...] = ()
+
+
 def supported_isas() -> tuple[str, ...]:
-    """ISAs this CPU can run, best first (always ends with ``scalar``)."""
-    return tuple(extension().supported_isas())
+    """ISAs this CPU can run, best first (always ends with ``scalar``); asked once per process (the
+    answer cannot change, and every matmul asks)."""
+    global _SUPPORTED
+    if not _SUPPORTED:
+        _SUPPORTED = tuple(extension().supported_isas())
+    return _SUPPORTED
 
 
 def _check_isa(name: str, source: str) -> str:
@@ -79,7 +88,7 @@ def active_isa() -> str:
 
 @contextmanager
 def use_isa(name: str) -> Iterator[str]:
-    """Run the kernels called inside the ``with`` block on ``name`` (``avx512``/``avx2``/``scalar``)."""
+    """Run the kernels called inside the ``with`` block on ``name`` (one of :data:`ISAS`)."""
     key = _check_isa(name, "use_isa")
     _override.append(key)
     try:

@@ -9,8 +9,10 @@ kind           schemes
 =============  ====================================================================================
 ``intbp``      weight-only; uniform integer formats of 1..8 bits (int{k}, uint{k}, int{k}b, int2bb),
                granularity tensor/channel (any K) or group g with g % 32 == 0; zero point none, int
-               or float; any scale format (the effective float32 scales are stored). Bit-plane
-               lookup kernel: cost proportional to the bit-width.
+               or float; any scale format (the effective scales are stored as float32, or as
+               float16/bfloat16 when every scale and offset is exactly representable, e.g.
+               ``scale=fp16``). Bit-field codes (b/8 bytes per weight) times 16-bit integer
+               activations (below), INT32 vpdpbusd sums: cost falls with the bit-width.
 ``codebook``   weight-only; any format or family of <= 4 bits (fp4_e2m1, nf4, dint4, bitmod3/4,
                int4, ...), granularity tensor/channel or group g with g % 16 == 0; zero point none,
                int (integer formats) or float; any scale format (nvfp4, mxfp4, nf4 double-quant).
@@ -29,9 +31,25 @@ Default choice (``activations="fp32"``): integer formats -> ``intbp``, other for
 An explicit ``kind=`` overrides. Anything else is a :class:`~anybit.errors.KernelError` that lists
 this table.
 
-For many tokens (M >= ``DEQUANT_MIN_TOKENS``) the weight-only kinds dequantize row blocks with the
-C++ kernel and multiply with torch (BLAS): at that size the GEMM is compute-bound, the weight read
-is amortized over the tokens, and a tuned float GEMM wins over a lookup kernel.
+``intbp`` activations (an approximation, documented here because it is one): each call quantizes
+``x`` per token and per block of 64 columns (32 when the group size is not a multiple of 64) to
+integers ``q`` in [-32639, 32639], ``scale = absmax(block) / 32639``, round half to even, so every
+activation is off by at most ``scale / 2`` (2^-16 of its block's absmax). The kernel then computes
+``x_q @ W.T`` exactly in integers (float only for the per-block and per-group rescale), with ``W``
+the dequantized weight and ``x_q`` the quantized activations: the error against the float
+reference is ``W @ (x_q - x)``, bounded by ``0.5 * sum_k |W[n, k]| * scale(k)``; on random data
+it is 2-3e-5 of the largest output (the tests hold every ISA to 1e-4 of it, and all ISAs give
+bit-identical results). The bound scales with ``|W| @ |x|``, not with the output: an output that
+cancels to near zero can be off by more than 1e-4 of itself. Why: an exact float kernel needs a
+table lookup + add or an FMA per 16 weights and is compute-bound at the memory bandwidth for <= 4
+bits, while the integer form needs one vpdpbusd per 32 weights; a 2^-16 relative activation error
+is far below the weights' own quantization error (and below bf16 activations' 2^-9). ``intbp``
+runs its own kernel for every M: it blocks 2 tiles x 4 tokens in registers and, on one core, beats
+dequantize + fp32 GEMM even at M = 512 (bench/kernels.md).
+
+For many tokens (M >= ``DEQUANT_MIN_TOKENS``) the ``codebook`` kind dequantizes row blocks with the
+C++ kernel and multiplies with torch (BLAS): at that size the GEMM is compute-bound, the weight read
+is amortized over the tokens, and a tuned float GEMM wins over its lookup kernel.
 """
 
 from __future__ import annotations
@@ -50,8 +68,9 @@ from anybit.kernels.packing import (
     INT_TILE_ROWS,
     NIBBLE_CHUNK_COLS,
     VNNI_QUAD_ROWS,
+    aligned,
     as_codes,
-    pack_bitplanes,
+    pack_bitfields,
     pack_nibbles,
     pack_vnni_bytes,
     pack_vnni_nibbles,
@@ -61,10 +80,21 @@ from anybit.qtensor import QTensor
 
 KernelKind = Literal["intbp", "codebook", "w8a8", "w4a8"]
 KINDS: tuple[str, ...] = ("intbp", "codebook", "w8a8", "w4a8")
-DEQUANT_MIN_TOKENS = 32  # weight-only kinds switch to dequantize + torch GEMM from this many tokens
+DEQUANT_MIN_TOKENS = 32  # codebook switches to dequantize + torch GEMM from this many tokens
 DEQUANT_BLOCK_ROWS = 256  # rows dequantized at a time on that path (a multiple of 16)
 VNNI_ZERO_BIAS = 128  # W4A8 weights enter vpdpbusd as S2 * (c - z) + 128 (unsigned)
 DUAL_INT8_MAX = 127
+_BUFFERS = (
+    "codes",
+    "scales",
+    "offsets",
+    "tables",
+    "type_ids",
+    "acc_scales",
+    "acc_zeros",
+    "dual_s2",
+    "dual_base",
+)
 
 
 def _unsupported(q: QTensor, why: str) -> KernelError:
@@ -81,6 +111,8 @@ class PackedLinearWeight:
     Buffers are C-contiguous numpy arrays; which ones are set depends on ``kind``:
     ``codes`` (always), ``scales`` and ``offsets`` (weight-only), ``tables``/``type_ids``
     (codebook), ``acc_scales``/``acc_zeros`` (integer kinds), ``dual_s2``/``dual_base`` (w4a8).
+    ``scale_dtype`` (intbp): ``fp32`` (float32 scales/offsets), or ``fp16``/``bf16``, then the
+    arrays are uint16 holding the 16-bit float bits (chosen only when lossless).
     """
 
     kind: KernelKind
@@ -101,6 +133,14 @@ class PackedLinearWeight:
     dual_s2: np.ndarray | None = None
     dual_base: np.ndarray | None = None
     scheme: str = ""
+    scale_dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
+
+    def __post_init__(self) -> None:
+        # every buffer starts on a cache line (packing.aligned: no vector load straddles two lines)
+        for name in _BUFFERS:
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, aligned(value))
 
     # ----- construction -----------------------------------------------------------------------
     @classmethod
@@ -134,22 +174,17 @@ class PackedLinearWeight:
     @property
     def nbytes(self) -> int:
         """Bytes of every packed buffer (codes, scales, offsets, tables, ids), padding included."""
-        buffers = (
-            self.codes,
-            self.scales,
-            self.offsets,
-            self.tables,
-            self.type_ids,
-            self.acc_scales,
-            self.acc_zeros,
-            self.dual_s2,
-            self.dual_base,
-        )
+        buffers = (getattr(self, name) for name in _BUFFERS)
         return int(sum(b.nbytes for b in buffers if b is not None))
 
     @property
     def shape(self) -> tuple[int, int]:
         return self.out_features, self.in_features
+
+    @property
+    def activation_block(self) -> int:
+        """``intbp``: columns per activation scale (mirrors csrc: 64 if it divides the group, else 32)."""
+        return 64 if self.group_size % 64 == 0 else 32
 
     def __repr__(self) -> str:
         return (
@@ -159,19 +194,20 @@ class PackedLinearWeight:
 
     # ----- compute ----------------------------------------------------------------------------
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
-        """``x @ W.T`` for ``x`` [..., K] float32 (contiguous) -> float32 [..., N]."""
-        x2d, lead = self._check_input(x)
-        y = torch.empty((x2d.shape[0], self.out_features), dtype=torch.float32)
-        if x2d.shape[0] == 0:
-            return y.reshape(*lead, self.out_features)
-        isa = active_isa()
-        ext = extension()
-        if self.kind in ("intbp", "codebook") and x2d.shape[0] >= DEQUANT_MIN_TOKENS:
-            self._matmul_dequant(x2d, y, isa)
-        else:
-            xn, yn = x2d.numpy(), y.numpy()
-            if self.kind == "intbp":
-                ext.gemm_intbp(
+        """``x @ W.T`` for ``x`` [..., K] float32 (contiguous) -> float32 [..., N].
+
+        Kept lean (numpy views, one output allocation): at decode time a 4096x4096 int2 GEMV takes
+        ~0.15 ms and every microsecond of Python shows in it.
+        """
+        xn, lead = self._check_input(x)
+        m = xn.shape[0]
+        yn = np.empty((m, self.out_features), dtype=np.float32)
+        if m:
+            isa = active_isa()
+            if self.kind == "codebook" and m >= DEQUANT_MIN_TOKENS:
+                self._matmul_dequant(torch.from_numpy(xn), torch.from_numpy(yn), isa)
+            elif self.kind == "intbp":
+                extension().gemm_intbp(
                     isa,
                     xn,
                     yn,
@@ -181,9 +217,10 @@ class PackedLinearWeight:
                     self.scales,
                     self.offsets,
                     self.offset_mul,
+                    scale_dtype=self.scale_dtype,
                 )
             elif self.kind == "codebook":
-                ext.gemm_cb4(
+                extension().gemm_cb4(
                     isa,
                     xn,
                     yn,
@@ -195,9 +232,11 @@ class PackedLinearWeight:
                     self.type_ids,
                 )
             elif self.kind == "w8a8":
-                ext.gemm_w8a8(isa, xn, yn, self.codes, self.acc_group_size, self.acc_scales, self.acc_zeros)
+                extension().gemm_w8a8(
+                    isa, xn, yn, self.codes, self.acc_group_size, self.acc_scales, self.acc_zeros
+                )
             else:
-                ext.gemm_w4a8(
+                extension().gemm_w4a8(
                     isa,
                     xn,
                     yn,
@@ -208,7 +247,8 @@ class PackedLinearWeight:
                     self.acc_scales,
                     self.acc_zeros,
                 )
-        return y.reshape(*lead, self.out_features)
+        y = torch.from_numpy(yn)
+        return y if len(lead) == 1 else y.reshape(*lead, self.out_features)
 
     def dequantize(self) -> torch.Tensor:
         """The float32 [N, K] weight, rebuilt by the C++ dequantization (weight-only kinds)."""
@@ -220,25 +260,29 @@ class PackedLinearWeight:
         self._dequant_rows(0, self.out_features, out, active_isa())
         return torch.from_numpy(out[:, : self.in_features].copy())
 
-    def _check_input(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
+    def _check_input(self, x: torch.Tensor) -> tuple[np.ndarray, tuple[int, ...]]:
+        """``x`` as a C-contiguous float32 numpy ``[M, K_pad]`` view (zero-padded copy if K_pad > K)."""
         if not isinstance(x, torch.Tensor):
             raise KernelError(f"matmul expects a torch.Tensor, got {type(x).__name__}")
         if x.dtype != torch.float32:
             raise KernelError(f"matmul expects float32 activations, got {x.dtype}; convert with x.float()")
-        if x.device.type != "cpu":
+        if not x.is_cpu:
             raise KernelError(f"matmul runs on the CPU; got a tensor on {x.device}")
-        if x.dim() < 1 or x.shape[-1] != self.in_features:
+        shape = x.shape
+        if not shape or shape[-1] != self.in_features:
             raise KernelError(
-                f"matmul: x has shape {tuple(x.shape)}, but this weight is "
+                f"matmul: x has shape {tuple(shape)}, but this weight is "
                 f"{self.out_features}x{self.in_features} and needs x [..., {self.in_features}]"
             )
         if not x.is_contiguous():
             raise KernelError("matmul: x is not contiguous; pass x.contiguous()")
-        lead = tuple(x.shape[:-1])
-        x2d = x.reshape(-1, self.in_features)
+        lead = tuple(shape[:-1])
+        xn = (x.detach() if x.requires_grad else x).numpy().reshape(-1, self.in_features)
         if self.k_pad != self.in_features:  # zero columns meet zero-code padding
-            x2d = torch.nn.functional.pad(x2d, (0, self.k_pad - self.in_features))
-        return x2d, lead
+            padded = np.zeros((xn.shape[0], self.k_pad), dtype=np.float32)
+            padded[:, : self.in_features] = xn
+            xn = padded
+        return xn, lead
 
     def _dequant_rows(self, n0: int, n1: int, out: np.ndarray, isa: str) -> None:
         """Dequantize rows [n0, n1) into ``out`` [n1-n0, k_pad]; n0 is a multiple of 16."""
@@ -259,6 +303,7 @@ class PackedLinearWeight:
                 offsets,
                 self.offset_mul,
                 dequant=True,
+                scale_dtype=self.scale_dtype,
             )
         else:
             assert self.scales is not None
@@ -380,6 +425,7 @@ def _pack_intbp(q: QTensor) -> PackedLinearWeight:
     offsets = _affine_offsets(q, fmt, float(fmt.min_level))
     scales_tiled = _tile_rows(_per_group(s, n, groups), INT_TILE_ROWS)
     offsets_tiled = _tile_rows(_per_group(offsets, n, groups), INT_TILE_ROWS) if offsets is not None else None
+    scale_dtype, scales_tiled, offsets_tiled = _narrow_scales(scales_tiled, offsets_tiled)
     return PackedLinearWeight(
         kind="intbp",
         out_features=n,
@@ -387,12 +433,31 @@ def _pack_intbp(q: QTensor) -> PackedLinearWeight:
         k_pad=k_pad,
         group_size=g,
         bits=fmt.bits,
-        codes=pack_bitplanes(q.codes, fmt.bits),
+        codes=pack_bitfields(q.codes, fmt.bits),
         scales=scales_tiled,
         offsets=offsets_tiled,
         offset_mul=float(fmt.min_level),
         scheme=str(q.scheme),
+        scale_dtype=scale_dtype,
     )
+
+
+def _narrow_scales(
+    scales: np.ndarray, offsets: np.ndarray | None
+) -> tuple[Literal["fp32", "fp16", "bf16"], np.ndarray, np.ndarray | None]:
+    """float32 scales/offsets -> 16-bit float bits (uint16) when every value survives the round trip
+    (float16 first, then bfloat16), else unchanged. Why: at 2 bits and g64, fp32 scales are a fifth
+    of the GEMV's bytes; a ``scale=fp16``/``bf16`` scheme's scales fit in 16 bits exactly."""
+    arrays = [scales] if offsets is None else [scales, offsets]
+    with np.errstate(over="ignore"):  # values beyond float16's range become inf: not exact
+        fp16_exact = all(np.array_equal(a.astype(np.float16).astype(np.float32), a) for a in arrays)
+    if fp16_exact:
+        narrowed = [np.ascontiguousarray(a.astype(np.float16).view(np.uint16)) for a in arrays]
+        return "fp16", narrowed[0], narrowed[1] if offsets is not None else None
+    if all(not (a.view(np.uint32) & 0xFFFF).any() for a in arrays):
+        narrowed = [np.ascontiguousarray((a.view(np.uint32) >> 16).astype(np.uint16)) for a in arrays]
+        return "bf16", narrowed[0], narrowed[1] if offsets is not None else None
+    return "fp32", scales, offsets
 
 
 def _codebook_tables(fmt: NumberFormat | FormatFamily) -> np.ndarray:

@@ -6,13 +6,19 @@ columns and never write padding rows), and every packed buffer is a C-contiguous
 can be saved and memory-mapped as is. ``N`` is the number of rows (output features), ``K`` the
 number of columns (input features), codes are unsigned ``b``-bit integers.
 
-``bitplanes`` (any width b = 1..8; integer weight-only kernels)
-    uint32 ``[ceil(N/16), ceil(K/32), b, 16]``. Word ``[t, c, p, r]`` holds bit-plane ``p`` of
-    columns ``32c .. 32c+31`` of row ``16t + r``: bit ``j`` of the word is bit ``p`` of code
-    ``(16t + r, 32c + j)``. Why: the bit-serial lookup kernel (T-MAC style) reads one plane of 16
-    rows x 32 columns as one 64-byte vector; consecutive 4-bit fields of a word index 16-entry
-    tables of partial activation sums, so a b-bit weight costs b lookups per 4 columns and the work
-    (and the bytes read, b/8 per weight) falls linearly with the bit-width.
+``bitfields`` (any width b = 1..8; integer weight-only kernel ``intbp``)
+    uint32 ``[ceil(N/16), ceil(K/32), b, 16]``, read as bytes: per tile of 16 rows and chunk of 32
+    columns, ``b`` vectors of 64 bytes; byte ``4r + i`` of a vector (byte ``i`` of word ``r``,
+    little-endian) belongs to row ``16t + r``. A b-bit code is split, low bits first, into fields
+    whose widths divide 8 (:func:`bit_fields`: 1, 2, 4, 8 = one field; 3 = 2+1, 5 = 4+1, 6 = 4+2,
+    7 = 4+2+1), and vector ``j`` of the chunk belongs to the field that holds code bit ``j``. For a
+    field of width ``w`` at bit offset ``o``, vector ``o + v`` holds in bits ``[w*p, w*p + w)`` of
+    byte ``4r + i`` (``p < 8/w``) the field of the code of row ``16t + r``, column
+    ``32c + v*(32/w) + 4p + i``. Why: one AND (after a shift for ``p > 0``) turns a vector into a
+    vpdpbusd operand (16 rows x 4 consecutive columns of unsigned bytes) that multiplies 4 broadcast
+    activation bytes, so the kernel does one multiply-add instruction pair per field, 16 rows and
+    4 columns: the bytes read (b/8 per code) and the work both fall with the bit-width, and the
+    weight stream of a tile is one sequential read.
 
 ``nibbles`` (b <= 4; codebook kernels)
     uint8 ``[N, ceil(K/32) * 16]``: per row, each 32-column chunk is 16 bytes; byte ``i`` holds
@@ -51,8 +57,24 @@ VNNI_QUAD_ROWS = 4
 VNNI_STEP_COLS = 16
 
 
+ALIGN_BYTES = 64  # cache line = one AVX-512 vector
+
+
 def round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
+
+
+def aligned(array: np.ndarray, alignment: int = ALIGN_BYTES) -> np.ndarray:
+    """``array`` itself if C-contiguous and its data starts on an ``alignment``-byte boundary, else an
+    aligned copy. Why: numpy's large allocations start 16 bytes into a page, so every 64-byte vector
+    load of a packed weight would straddle two cache lines (measurably slower streaming)."""
+    if array.flags.c_contiguous and array.ctypes.data % alignment == 0:
+        return array
+    raw = np.empty(array.nbytes + alignment, dtype=np.uint8)
+    start = -raw.ctypes.data % alignment
+    out = raw[start : start + array.nbytes].view(array.dtype).reshape(array.shape)
+    out[...] = array
+    return out
 
 
 def as_codes(codes: torch.Tensor | np.ndarray, max_bits: int, what: str = "codes") -> np.ndarray:
@@ -71,28 +93,47 @@ def as_codes(codes: torch.Tensor | np.ndarray, max_bits: int, what: str = "codes
     return array
 
 
-# ----- bit planes -------------------------------------------------------------------------------
-def pack_bitplanes(codes: torch.Tensor | np.ndarray, bits: int) -> np.ndarray:
+# ----- bit fields -------------------------------------------------------------------------------
+def bit_fields(bits: int) -> list[tuple[int, int]]:
+    """``(width, offset)`` of each field of a ``bits``-bit code in the ``bitfields`` layout, low bits
+    first: widths are 8, 4, 2 or 1, widest first (e.g. 7 -> [(4, 0), (2, 4), (1, 6)])."""
+    if not 1 <= bits <= 8:
+        raise KernelError(f"bit fields: bit-width must be 1..8, got {bits}")
+    fields, offset = [], 0
+    while offset < bits:
+        width = next(w for w in (8, 4, 2, 1) if w <= bits - offset)
+        fields.append((width, offset))
+        offset += width
+    return fields
+
+
+def pack_bitfields(codes: torch.Tensor | np.ndarray, bits: int) -> np.ndarray:
     """Codes ``[N, K]`` of ``bits`` bits -> uint32 ``[ceil(N/16), ceil(K/32), bits, 16]``."""
     return extension().pack_intbp(as_codes(codes, bits), bits)
 
 
-def unpack_bitplanes(words: np.ndarray, n: int, k: int, bits: int) -> np.ndarray:
-    """Inverse of :func:`pack_bitplanes`: uint8 ``[n, k]``."""
+def unpack_bitfields(words: np.ndarray, n: int, k: int, bits: int) -> np.ndarray:
+    """Inverse of :func:`pack_bitfields`: uint8 ``[n, k]``."""
     return extension().unpack_intbp(np.ascontiguousarray(words, dtype=np.uint32), n, k, bits)
 
 
-def pack_bitplanes_reference(codes: np.ndarray, bits: int) -> np.ndarray:
-    """Pure-numpy definition of the bit-plane layout (slow; for tests)."""
+def pack_bitfields_reference(codes: np.ndarray, bits: int) -> np.ndarray:
+    """Pure-numpy definition of the bit-field layout (for tests)."""
     n, k = codes.shape
     padded = np.zeros((round_up(n, INT_TILE_ROWS), round_up(k, INT_CHUNK_COLS)), dtype=np.uint32)
     padded[:n, :k] = codes
-    # [tiles, 16 rows, chunks, 32 cols] -> planes -> words
-    tiles = padded.reshape(-1, INT_TILE_ROWS, padded.shape[1] // INT_CHUNK_COLS, INT_CHUNK_COLS)
-    weights = (np.uint32(1) << np.arange(INT_CHUNK_COLS, dtype=np.uint32)).astype(np.uint32)
-    planes = [((tiles >> p) & 1) @ weights for p in range(bits)]  # each [tiles, 16, chunks]
-    words = np.stack(planes, axis=-1).astype(np.uint32)  # [tiles, 16, chunks, bits]
-    return np.ascontiguousarray(words.transpose(0, 2, 3, 1))
+    tiles, chunks = padded.shape[0] // INT_TILE_ROWS, padded.shape[1] // INT_CHUNK_COLS
+    vectors = []
+    for width, offset in bit_fields(bits):
+        field = (padded >> offset) & ((1 << width) - 1)
+        # column 32c + v*(32/w) + 4p + i -> [tiles, rows, chunks, v, p, i]
+        field = field.reshape(tiles, INT_TILE_ROWS, chunks, width, 8 // width, 4)
+        shifts = (width * np.arange(8 // width, dtype=np.uint32)).reshape(1, 1, 1, 1, -1, 1)
+        byte = (field << shifts).sum(axis=4)  # [tiles, rows, chunks, v, i]; fields never overlap
+        vectors.append(byte.transpose(0, 2, 3, 1, 4))  # [tiles, chunks, v, rows, i]
+    data = np.concatenate(vectors, axis=2).astype(np.uint8)  # [tiles, chunks, bits, 16, 4]
+    words = np.ascontiguousarray(data).view("<u4").reshape(tiles, chunks, bits, INT_TILE_ROWS)
+    return words.astype(np.uint32)
 
 
 # ----- nibbles ----------------------------------------------------------------------------------

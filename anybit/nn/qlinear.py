@@ -5,7 +5,7 @@ dequantized float weight, and computes ``F.linear(act_quant(x), dequantized_weig
 format and scheme works, which is what accuracy research needs.
 
 Packed mode (``pack()``): the float weight is dropped and the codes are packed for anybit's CPU
-kernels (:class:`anybit.kernels.PackedLinearWeight`). Weight-only schemes run the bit-plane or
+kernels (:class:`anybit.kernels.PackedLinearWeight`). Weight-only schemes run the bit-field integer or
 codebook kernels on float activations (after the activation quantizer, if any). With dynamic
 ``int8b:token`` activations (absmax / 127 per token, the kernels' own activation quantizer),
 8-bit integer weights run the INT8 VNNI GEMM (W8A8) and DGQ dual-grained INT4 weights the W4A8
