@@ -25,8 +25,8 @@ from anybit.models.pipeline import quantize_model
 from anybit.recipe import CalibrationConfig, Recipe
 from anybit.speed import cpu_name
 
-# (label, weights, acts, algorithms)
-ROW_SETS: dict[str, list[tuple[str, str, str | None, str]]] = {
+# (label, weights, acts, algorithms[, options "key=value;key=value"])
+ROW_SETS: dict[str, list[tuple]] = {
     "default": [
         ("W8A8", "int8:channel", "int8:token", "rtn"),
         ("W8 (weights only)", "int8:channel", None, "rtn"),
@@ -55,6 +55,16 @@ ROW_SETS: dict[str, list[tuple[str, str, str | None, str]]] = {
         ("W4 g64 GPTQ", "int4:g64", None, "gptq"),
         ("W3 g64 GPTQ", "int3:g64", None, "gptq"),
         ("W3 g64 RTN", "int3:g64", None, "rtn"),
+    ],
+    # W8A8 transforms (16 calibration samples: smoothing needs only channel maxima)
+    "w8a8": [
+        ("W8A8", "int8:channel", "int8:token", "rtn"),
+        ("W8A8", "int8:channel", "int8:token", "smooth,rtn"),
+        ("W8A8", "int8:channel", "int8:token", "smooth,rtn", "smooth.alpha=0.75"),
+        ("W8A8", "int8:channel", "int8:token", "aqas,rtn"),
+        ("W8A8", "int8:channel", "int8:token", "pcsmooth,rtn"),
+        ("W8A8", "int8:channel", "int8:token", "rotate,rtn"),
+        ("W8A8", "int8:channel", "int8:token", "rotate,smooth,rtn"),
     ],
     # issue 4: each recipe row against RTN and the algorithms that apply, at default calibration
     "algorithms": [
@@ -95,6 +105,15 @@ ROW_SETS: dict[str, list[tuple[str, str, str | None, str]]] = {
 
 
 
+def _number(text: str) -> float | int | str:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default="smollm2")
@@ -109,12 +128,13 @@ def main() -> None:
         action="store_true",
         help="recompute the reference per row (large vocabularies: Gemma 3's log-probs do not fit in RAM)",
     )
+    parser.add_argument("--calib-samples", type=int, default=0, help="default: the recipe's")
     parser.add_argument("--resume", action="store_true", help="skip the rows already in --json")
     parser.add_argument("--max-rows", type=int, default=0, help="stop after this many rows in --json")
     args = parser.parse_args()
 
     loaded = load_model(args.model)
-    calib = CalibrationConfig()
+    calib = CalibrationConfig(samples=args.calib_samples) if args.calib_samples else CalibrationConfig()
     calib_ids = calibration_samples(
         loaded.tokenizer,
         load_corpus(calib.corpus).split().calibration,
@@ -134,16 +154,20 @@ def main() -> None:
     if args.json and args.resume and Path(args.json).exists():
         results = json.loads(Path(args.json).read_text())
         print(f"resuming: {len(results)} rows already in {args.json}")
-    done = {(r["weights"], r["acts"], r["algo"]) for r in results}
-    for label, weights, acts, algo in ROW_SETS[args.rows]:
-        if (weights, acts, algo) in done:
+    done = {(r["weights"], r["acts"], r["algo"], r.get("options", "")) for r in results}
+    for label, weights, acts, algo, *extra in ROW_SETS[args.rows]:
+        options_text = extra[0] if extra else ""
+        if (weights, acts, algo, options_text) in done:
             continue
+        options = tuple((k, _number(v)) for k, v in (o.split("=") for o in options_text.split(";") if o))
         model = copy.deepcopy(loaded.model)
-        recipe = Recipe(weights=weights, acts=acts, algorithms=tuple(algo.split(",")), calibration=calib)
+        recipe = Recipe(
+            weights=weights, acts=acts, algorithms=tuple(algo.split(",")), options=options, calibration=calib
+        )
         result = quantize_model(model, recipe, calib_ids, progress=False)
         cmp = compare_models(reference, model, eval_ids, args.seq_len)
         row = {
-            "label": label, "weights": weights, "acts": acts, "algo": algo,
+            "label": label, "weights": weights, "acts": acts, "algo": algo, "options": options_text,
             "bits_per_weight": result.bits_per_weight,
             "ppl_fp": cmp.reference.ppl, "ppl_q": cmp.candidate.ppl, "kl": cmp.kl, "top1": cmp.top1,
             "eval_tokens": cmp.n_tokens, "quantize_seconds": result.seconds,
@@ -168,6 +192,7 @@ def main() -> None:
             "",
             f"Command: `python bench/bench_accuracy.py --model {args.model} --rows {args.rows} "
             f"--eval-tokens {args.eval_tokens} --out {args.out}"
+            f"{f' --calib-samples {args.calib_samples}' if args.calib_samples else ''}"
             f"{' --no-reference-cache' if args.no_reference_cache else ''}`",
             "",
             f"Machine: {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}. "
@@ -182,8 +207,11 @@ def main() -> None:
             cmd = f"anybit quantize --model {args.model} --weights {r['weights']}"
             cmd += f" --acts {r['acts']}" if r["acts"] else ""
             cmd += f" --algo {r['algo']} --eval-tokens {args.eval_tokens}"
+            cmd += "".join(f" --opt {o}" for o in r.get("options", "").split(";") if o)
+            cmd += f" --calib-samples {args.calib_samples}" if args.calib_samples else ""
             lines.append(
-                f"| {r['label']} | {r['algo']} | {r['bits_per_weight']:.3f} | {r['ppl_q']:.3f} "
+                f"| {r['label']} | {r['algo']}{' ' + r['options'] if r.get('options') else ''} "
+                f"| {r['bits_per_weight']:.3f} | {r['ppl_q']:.3f} "
                 f"| {100 * (r['ppl_q'] / fp - 1):+.1f}% "
                 f"| {r['kl']:.4f} | {r['top1']:.4f} | {r['quantize_seconds']:.1f} | `{cmd}` |"
             )
