@@ -66,6 +66,16 @@ ROW_SETS: dict[str, list[tuple]] = {
         ("W8A8", "int8:channel", "int8:token", "rotate,rtn"),
         ("W8A8", "int8:channel", "int8:token", "rotate,smooth,rtn"),
     ],
+    # DGQ (A8W4 with dual-grained weights) and AQAS against W4A16, default calibration
+    "w4a8": [
+        ("W4A16 g64 dual", "int4:g64:dual:asym", None, "rtn"),
+        ("W4A16 g64 dual", "int4:g64:dual:asym", None, "dgq"),
+        ("W4A8 g64 dual", "int4:g64:dual:asym", "int8:token", "rtn"),
+        ("W4A8 g64 dual", "int4:g64:dual:asym", "int8:token", "dgq"),
+        ("W4A8 g64 dual", "int4:g64:dual:asym", "int8:token", "pcsmooth,dgq"),
+        ("W4A8 g64", "int4:g64", "int8:token", "aqas,rtn"),
+        ("W4A16 g64", "int4:g64", None, "aqas,rtn"),
+    ],
     # issue 4: each recipe row against RTN and the algorithms that apply, at default calibration
     "algorithms": [
         ("W8A8", "int8:channel", "int8:token", "rtn"),

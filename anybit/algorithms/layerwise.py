@@ -125,10 +125,18 @@ def input_stages(ctx: BlockContext) -> list[list[str]]:
 def capture_stats(ctx: BlockContext, names: list[str], max_tokens: int) -> dict[str, LayerStats]:
     """Gram matrix and mean of each named linear's inputs over the calibration samples.
 
-    Rows are spread evenly over the samples (``max_tokens`` in all); the forward of a sample stops
-    as soon as every named linear has seen its input.
+    ``max_tokens`` rows in all, taken as whole samples spread evenly over the calibration set
+    (every sample's rows when that is fewer): running a sample costs a block forward whatever
+    number of its rows is kept, so 8192 rows come from 16 samples of 512 tokens, not a few rows of
+    each of 128. The forward of a sample stops as soon as every named linear has seen its input.
     """
-    per_sample = max(1, math.ceil(max_tokens / max(1, len(ctx.inputs))))
+    inputs = ctx.inputs
+    tokens_per_sample = max(1, int(inputs[0].shape[0] * inputs[0].shape[1])) if inputs else 1
+    wanted = min(len(inputs), max(1, math.ceil(max_tokens / tokens_per_sample)))
+    if wanted < len(inputs):
+        pick = torch.linspace(0, len(inputs) - 1, wanted).round().long().unique().tolist()
+        inputs = [inputs[i] for i in pick]
+    per_sample = max(1, math.ceil(max_tokens / max(1, len(inputs))))
     stats: dict[str, list[Any]] = {}
     seen: set[str] = set()
     handles = []
@@ -154,7 +162,7 @@ def capture_stats(ctx: BlockContext, names: list[str], max_tokens: int) -> dict[
 
         handles.append(module.register_forward_pre_hook(pre_hook))
     try:
-        for x in ctx.inputs:
+        for x in inputs:
             seen.clear()
             with contextlib.suppress(_StopForward):
                 ctx.run_block(ctx.block, x)
