@@ -41,6 +41,9 @@ class BlockContext:
     config: Any
     run_block: Callable[[nn.Module, torch.Tensor], torch.Tensor]
     smooth_groups: list[Any] = field(default_factory=list)
+    # a weight quantizer that changes the float block itself (ABQ-LLM folds learned smoothing
+    # scales) leaves the new float (weight, bias) of each linear here: the error reference
+    float_reference: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = field(default_factory=dict)
 
     def full_name(self, name: str) -> str:
         return f"{self.prefix}.{name}"

@@ -226,6 +226,7 @@ def quantize_model(
             for n, m in linears.items()
         }
         qweights = quantizer.quantize_block(ctx)
+        float_layers.update(ctx.float_reference)
         qmodules: dict[str, QLinear] = {}
         for name, linear in linears.items():
             full = f"{prefix}.{name}"
