@@ -8,7 +8,6 @@ objective, not each linear's output.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -40,13 +39,7 @@ CALIB = torch.randint(0, 256, (8, 64), generator=torch.Generator().manual_seed(0
 FAST = (("abq.epochs", 6),)  # 8 samples x 6 epochs = 48 steps per block (default: 16 x 2)
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Small tensors: one thread avoids OpenMP spin overhead on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _logit_error(

@@ -21,13 +21,7 @@ CALIB = torch.randint(0, 256, (8, 64), generator=torch.Generator().manual_seed(0
 MARGIN = 0.9  # GPTQ's mean layer error must be at most this fraction of RTN's
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread (several threads on a shared CPU make each op ~100x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _mean_error(scheme: str, algo: str, **options: object) -> float:

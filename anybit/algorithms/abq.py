@@ -114,8 +114,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anybit.algorithms.adaround import check_known_options, number_option, recipe_weight_schemes
 from anybit.algorithms.base import Algorithm, BlockContext, register
+from anybit.algorithms.layerwise import bool_option, check_known_options, number_option, recipe_weight_schemes
 from anybit.algorithms.smooth import SCALE_RANGE, fold_scales, smoothquant_scales, weight_col_max
 from anybit.errors import AlgorithmError
 from anybit.formats import FormatFamily
@@ -140,18 +140,6 @@ _LOG_RANGE = (math.log(SCALE_RANGE[0]), math.log(SCALE_RANGE[1]))
 
 
 # ===== options ====================================================================================
-def _bool_option(recipe: Recipe, key: str, default: bool) -> bool:
-    value = recipe.option(key, default)
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise AlgorithmError(f"option {key}={value!r} is not a boolean; use true or false")
-
-
 @dataclass(frozen=True)
 class ABQOptions:
     epochs: int = 2
@@ -188,9 +176,9 @@ class ABQOptions:
             dlc=number_option(recipe, "abq.dlc", d.dlc, low=-1e-12),
             akl=number_option(recipe, "abq.akl", d.akl, low=-1e-12),
             attn_rows=number_option(recipe, "abq.attn_rows", d.attn_rows, integer=True),
-            let=_bool_option(recipe, "abq.let", d.let),
-            lwc=_bool_option(recipe, "abq.lwc", d.lwc),
-            compensation=_bool_option(recipe, "abq.compensation", d.compensation),
+            let=bool_option(recipe, "abq.let", d.let),
+            lwc=bool_option(recipe, "abq.lwc", d.lwc),
+            compensation=bool_option(recipe, "abq.compensation", d.compensation),
         )
 
 

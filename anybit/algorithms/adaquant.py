@@ -58,6 +58,7 @@ from anybit.algorithms.base import Algorithm, BlockContext, register
 from anybit.algorithms.layerwise import (
     GridSetup,
     LayerStats,
+    bool_option,
     build_qtensor,
     check_known_options,
     grid_setup,
@@ -84,18 +85,6 @@ DEFAULT_MAX_TOKENS = 8192
 FIXED_SCALE_FORMATS = ("e8m0",)  # powers of two: a continuous scale would only be snapped back
 
 
-def _bool_option(recipe: Recipe, key: str, default: bool) -> bool:
-    value = recipe.option(key, default)
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise AlgorithmError(f"option {key}={value!r} is not a boolean; use true or false")
-
-
 @dataclass(frozen=True)
 class AdaQuantOptions:
     iters: int = DEFAULT_ITERS
@@ -113,7 +102,7 @@ class AdaQuantOptions:
             lr=number_option(recipe, "adaquant.lr", DEFAULT_LR),
             scale_lr=number_option(recipe, "adaquant.scale_lr", DEFAULT_SCALE_LR, low=-1e-12),
             max_tokens=number_option(recipe, "adaquant.max_tokens", DEFAULT_MAX_TOKENS, integer=True),
-            bias_correction=_bool_option(recipe, "adaquant.bias_correction", True),
+            bias_correction=bool_option(recipe, "adaquant.bias_correction", True),
         )
 
 

@@ -82,6 +82,7 @@ import torch
 from torch import nn
 
 from anybit.algorithms.base import Algorithm, BlockContext, register
+from anybit.algorithms.layerwise import bool_option
 from anybit.errors import AlgorithmError
 from anybit.formats import NumberFormat
 from anybit.grouping import from_groups, to_groups
@@ -122,21 +123,6 @@ DEFAULT_PRECISION = "bf16"  # capture forwards and Hessian products (see the mod
 
 class _StopForward(Exception):
     """Raised by a capture hook once the block has produced every input it needs."""
-
-
-_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
-
-
-def _bool_option(recipe: Recipe, key: str, default: bool) -> bool:
-    value = recipe.option(key, default)
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if isinstance(value, str) and text in _TRUE + _FALSE:
-        return text in _TRUE
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    raise AlgorithmError(f"option {key}={value!r} is not a boolean; use true or false")
 
 
 def _float_option(recipe: Recipe, key: str, default: float, *, positive: bool = True) -> float:
@@ -182,10 +168,10 @@ class GPTQOptions:
             raise AlgorithmError(f"unknown GPTQ option(s) {unknown}; known: {sorted(known)}")
         return GPTQOptions(
             damp=_float_option(recipe, "gptq.damp", DEFAULT_DAMP),
-            act_order=_bool_option(recipe, "gptq.act_order", True),
+            act_order=bool_option(recipe, "gptq.act_order", True),
             block_size=_int_option(recipe, "gptq.block_size", DEFAULT_BLOCK_SIZE),
-            static_groups=_bool_option(recipe, "gptq.static_groups", False),
-            true_sequential=_bool_option(recipe, "gptq.true_sequential", True),
+            static_groups=bool_option(recipe, "gptq.static_groups", False),
+            true_sequential=bool_option(recipe, "gptq.true_sequential", True),
             precision=_precision_option(recipe),
         )
 

@@ -63,6 +63,22 @@ def number_option(
     return number
 
 
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def bool_option(recipe: Recipe, key: str, default: bool) -> bool:
+    """A boolean algorithm option: a bool, 0/1, or true/false/yes/no/on/off (YAML may give a string)."""
+    value = recipe.option(key, default)
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if isinstance(value, str) and text in _TRUE + _FALSE:
+        return text in _TRUE
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise AlgorithmError(f"option {key}={value!r} is not a boolean; use true or false")
+
+
 def check_known_options(recipe: Recipe, prefix: str, known: set[str]) -> None:
     unknown = sorted(k for k, _ in recipe.options if k.startswith(prefix) and k not in known)
     if unknown:

@@ -47,7 +47,7 @@ import torch
 
 import anybit
 from anybit.kernels.dispatch import active_isa, extension
-from anybit.kernels.packed import PackedLinearWeight
+from anybit.kernels.packed import BUFFER_NAMES, PackedLinearWeight
 
 BANDWIDTH_BYTES = 512 * 2**20
 BANDWIDTH_CHUNK_BYTES = 8 * 2**20
@@ -106,17 +106,7 @@ def _copies(nbytes: int, tokens: int) -> int:
 def _copy_packed(p: PackedLinearWeight) -> PackedLinearWeight:
     arrays = {
         name: getattr(p, name).copy()
-        for name in (
-            "codes",
-            "scales",
-            "offsets",
-            "tables",
-            "type_ids",
-            "acc_scales",
-            "acc_zeros",
-            "dual_s2",
-            "dual_base",
-        )
+        for name in BUFFER_NAMES
         if getattr(p, name) is not None
     }
     return replace(p, **arrays)

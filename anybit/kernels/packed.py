@@ -84,7 +84,7 @@ DEQUANT_MIN_TOKENS = 32  # codebook switches to dequantize + torch GEMM from thi
 DEQUANT_BLOCK_ROWS = 256  # rows dequantized at a time on that path (a multiple of 16)
 VNNI_ZERO_BIAS = 128  # W4A8 weights enter vpdpbusd as S2 * (c - z) + 128 (unsigned)
 DUAL_INT8_MAX = 127
-_BUFFERS = (
+BUFFER_NAMES = (
     "codes",
     "scales",
     "offsets",
@@ -137,7 +137,7 @@ class PackedLinearWeight:
 
     def __post_init__(self) -> None:
         # every buffer starts on a cache line (packing.aligned: no vector load straddles two lines)
-        for name in _BUFFERS:
+        for name in BUFFER_NAMES:
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, aligned(value))
@@ -174,7 +174,7 @@ class PackedLinearWeight:
     @property
     def nbytes(self) -> int:
         """Bytes of every packed buffer (codes, scales, offsets, tables, ids), padding included."""
-        buffers = (getattr(self, name) for name in _BUFFERS)
+        buffers = (getattr(self, name) for name in BUFFER_NAMES)
         return int(sum(b.nbytes for b in buffers if b is not None))
 
     @property
