@@ -311,9 +311,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from anybit.speed import run_model_bench
 
         result = run_model_bench(
-            args.model, args.weights, args.acts, args.prompt, args.new_tokens, args.runs, args.json
+            args.model,
+            args.weights,
+            args.acts,
+            args.prompt,
+            args.new_tokens,
+            args.runs,
+            args.json,
+            lm_head=args.lm_head,
         )
-        table = _table(f"anybit bench model: {args.model}", ["", "fp32", f"packed {args.weights}"])
+        packed_name = f"packed {args.weights}{' + lm_head' if args.lm_head else ''}"
+        table = _table(f"anybit bench model: {args.model}", ["", "fp32", packed_name])
         fp32, packed = result["fp32"], result["packed"]
         table.add_row("kernels", "torch", ", ".join(packed["kernels"]))
         table.add_row(
@@ -421,6 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--prompt", type=int, default=64)
     b.add_argument("--new-tokens", type=int, default=64)
     b.add_argument("--runs", type=int, default=3)
+    b.add_argument("--lm-head", action="store_true", help="pack lm_head too (a tied one gets its own copy)")
     b.set_defaults(func=cmd_bench)
     return parser
 

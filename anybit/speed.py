@@ -4,8 +4,9 @@ Each variant runs in its own process so resident memory is not polluted by the o
 
 1. import torch/transformers, record the baseline RSS;
 2. build the variant: ``fp32`` loads the model; ``packed`` loads it, quantizes it (RTN) with the
-   given scheme, packs every ``QLinear`` for the CPU kernels and frees the float and unpacked
-   weights (``malloc_trim`` returns freed heap pages to the OS);
+   given scheme (``lm_head`` too on request: a tied one gets its own packed copy, the embedding
+   stays float for the lookup), packs every ``QLinear`` for the CPU kernels and frees the float and
+   unpacked weights (``malloc_trim`` returns freed heap pages to the OS);
 3. after a 4-token warm-up generate (so every weight page is resident, mmap'd files included),
    record RSS minus the baseline (the model's own memory plus small activations) and the bytes the
    model should need (packed kernel buffers + every other tensor at its dtype). The packed variant
@@ -68,7 +69,14 @@ def _expected_bytes(model: torch.nn.Module) -> int:
 
 
 def measure_variant(
-    source: str, variant: str, weights: str, acts: str | None, prompt: int, new_tokens: int, runs: int
+    source: str,
+    variant: str,
+    weights: str,
+    acts: str | None,
+    prompt: int,
+    new_tokens: int,
+    runs: int,
+    lm_head: bool = False,
 ) -> dict[str, Any]:
     """Run in a fresh process (see module docstring)."""
     import transformers  # noqa: F401  (its import is part of the baseline)
@@ -84,7 +92,7 @@ def measure_variant(
         from anybit.nn import pack_model
         from anybit.recipe import Recipe
 
-        quantize_model(model, Recipe(weights=weights, acts=acts), None, progress=False)
+        quantize_model(model, Recipe(weights=weights, acts=acts, lm_head=lm_head), None, progress=False)
         kinds = pack_model(model, keep_qtensor=False)
         # the float weights were memory-mapped from the converted safetensors file; any tensor still
         # viewing that mapping keeps every touched page of it resident, so copy what remains float
@@ -115,7 +123,9 @@ def measure_variant(
         "variant": variant,
         "weights": weights if variant == "packed" else "fp32",
         "acts": acts if variant == "packed" else None,
+        "lm_head": lm_head if variant == "packed" else False,
         "kernels": sorted(set(kinds.values())),
+        "packed_modules": sorted(kinds),
         "model_rss_bytes": model_rss,
         "expected_bytes": expected,
         "rss_over_expected": model_rss / expected,
@@ -135,11 +145,13 @@ def run_model_bench(
     new_tokens: int = 64,
     runs: int = 3,
     json_path: str | None = None,
+    lm_head: bool = False,
 ) -> dict[str, Any]:
     """fp32 and packed variants, each in a subprocess; returns (and optionally writes) the results."""
     results = []
     for variant in ("fp32", "packed"):
-        args = [source, variant, weights, acts or "", str(prompt), str(new_tokens), str(runs)]
+        numbers = (prompt, new_tokens, runs, int(lm_head))
+        args = [source, variant, weights, acts or "", *map(str, numbers)]
         proc = subprocess.run(
             [sys.executable, "-m", "anybit.speed", *args], capture_output=True, text=True, check=False
         )
@@ -161,5 +173,5 @@ def run_model_bench(
 
 
 if __name__ == "__main__":
-    src, var, w, a, p, n, r = sys.argv[1:8]
-    print(json.dumps(measure_variant(src, var, w, a or None, int(p), int(n), int(r))))
+    src, var, w, a, p, n, r, head = sys.argv[1:9]
+    print(json.dumps(measure_variant(src, var, w, a or None, int(p), int(n), int(r), head == "1")))

@@ -76,43 +76,72 @@ ROW_SETS: dict[str, list[tuple]] = {
         ("W4A8 g64", "int4:g64", "int8:token", "aqas,rtn"),
         ("W4A16 g64", "int4:g64", None, "aqas,rtn"),
     ],
-    # issue 4: each recipe row against RTN and the algorithms that apply, at default calibration
+    # issue 4: each recipe row against RTN and the algorithms that apply, at default calibration.
+    # The dual-grained DGQ rows are the "w4a8" set; transforms whose point is activation outliers
+    # (smooth, rotate) appear on the rows that quantize activations.
     "algorithms": [
         ("W8A8", "int8:channel", "int8:token", "rtn"),
         ("W8A8", "int8:channel", "int8:token", "smooth,rtn"),
         ("W8A8", "int8:channel", "int8:token", "aqas,rtn"),
-        ("W8A8", "int8:channel", "int8:token", "pcsmooth,rtn"),
         ("W8A8", "int8:channel", "int8:token", "rotate,rtn"),
-        ("W4A16 g64", "int4:g64", None, "rtn"),
-        ("W4A16 g64", "int4:g64", None, "dgq"),
-        ("W4A16 g64", "int4:g64", None, "gptq"),
-        ("W4A16 g64", "int4:g64", None, "aqas,rtn"),
-        ("W4A16 g64", "int4:g64", None, "rotate,rtn"),
-        ("W4A8 g64", "int4:g64", "int8:token", "rtn"),
-        ("W4A8 g64", "int4:g64", "int8:token", "smooth,rtn"),
-        ("W4A8 g64", "int4:g64", "int8:token", "aqas,rtn"),
-        ("W4A8 g64", "int4:g64", "int8:token", "dgq"),
-        ("W4A8 g64", "int4:g64", "int8:token", "gptq"),
-        ("W4A8 g64", "int4:g64", "int8:token", "aqas,gptq"),
-        ("W4A16 g64 dual", "int4:g64:dual:asym", None, "dgq"),
-        ("W4A8 g64 dual (DGQ)", "int4:g64:dual:asym", "int8:token", "rtn"),
-        ("W4A8 g64 dual (DGQ)", "int4:g64:dual:asym", "int8:token", "dgq"),
-        ("W4A8 g64 dual (DGQ)", "int4:g64:dual:asym", "int8:token", "pcsmooth,dgq"),
-        ("W3A16 g64", "int3:g64", None, "rtn"),
-        ("W3A16 g64", "int3:g64", None, "dgq"),
-        ("W3A16 g64", "int3:g64", None, "gptq"),
-        ("W3A16 g64", "int3:g64", None, "rotate,gptq"),
+        ("W8A8", "int8:channel", "int8:token", "rotate,smooth,rtn"),
         ("W6A6", "int6:channel", "int6:token", "rtn"),
         ("W6A6", "int6:channel", "int6:token", "smooth,rtn"),
         ("W6A6", "int6:channel", "int6:token", "aqas,rtn"),
         ("W6A6", "int6:channel", "int6:token", "rotate,rtn"),
+        ("W6A6", "int6:channel", "int6:token", "rotate,smooth,rtn"),
+        ("W4A16 g64", "int4:g64", None, "rtn"),
+        ("W4A16 g64", "int4:g64", None, "gptq"),
+        ("W4A16 g64", "int4:g64", None, "dgq"),
+        ("W4A16 g64", "int4:g64", None, "adaquant"),
+        ("W4A16 g64", "int4:g64", None, "adaround"),
+        ("W4A16 g64", "int4:g64", None, "aqas,rtn"),
+        ("W4A8 g64", "int4:g64", "int8:token", "rtn"),
+        ("W4A8 g64", "int4:g64", "int8:token", "smooth,rtn"),
+        ("W4A8 g64", "int4:g64", "int8:token", "aqas,rtn"),
+        ("W4A8 g64", "int4:g64", "int8:token", "rotate,rtn"),
+        ("W4A8 g64", "int4:g64", "int8:token", "gptq"),
+        ("W4A8 g64", "int4:g64", "int8:token", "aqas,gptq"),
+        ("W4A8 g64", "int4:g64", "int8:token", "dgq"),
+        ("W4A8 g64", "int4:g64", "int8:token", "abq"),
+        ("W3A16 g64", "int3:g64", None, "rtn"),
+        ("W3A16 g64", "int3:g64", None, "gptq"),
+        ("W3A16 g64", "int3:g64", None, "rotate,gptq"),
+        ("W3A16 g64", "int3:g64", None, "dgq"),
+        ("W3A16 g64", "int3:g64", None, "adaquant"),
+        ("W3A16 g64", "int3:g64", None, "adaround"),
         ("W2A16 g32 asym", "int2:g32:asym", None, "rtn"),
         ("W2A16 g32 asym", "int2:g32:asym", None, "gptq"),
+        ("W2A16 g32 asym", "int2:g32:asym", None, "adaquant"),
         ("W2*A8 g32 bit balance", "int2bb:g32", "int8:token", "rtn"),
         ("W2*A8 g32 bit balance", "int2bb:g32", "int8:token", "gptq"),
+        ("W2*A8 g32 bit balance", "int2bb:g32", "int8:token", "abq"),
     ],
 }
 
+
+def _key_of(row: tuple) -> tuple:
+    return (row[1], row[2], row[3], row[4] if len(row) > 4 else "")
+
+
+def _row_key(result: dict) -> tuple:
+    return (result["weights"], result["acts"], result["algo"], result.get("options", ""))
+
+
+# rough relative cost of a row (an RTN row with evaluation = 1), to balance --shard
+ALGO_COST = {"gptq": 4, "dgq": 4, "aqas": 4, "adaquant": 6, "adaround": 6, "abq": 6}
+
+
+def _shard(rows: list[tuple], count: int) -> list[list[tuple]]:
+    """Deal ``rows`` to ``count`` shards, each next row to the cheapest shard so far (deterministic)."""
+    shards: list[list[tuple]] = [[] for _ in range(count)]
+    load = [0] * count
+    for row in rows:
+        cost = max(ALGO_COST.get(a, 1) for a in row[3].split(","))
+        target = load.index(min(load))
+        shards[target].append(row)
+        load[target] += cost
+    return shards
 
 
 def _number(text: str) -> float | int | str:
@@ -141,7 +170,26 @@ def main() -> None:
     parser.add_argument("--calib-samples", type=int, default=0, help="default: the recipe's")
     parser.add_argument("--resume", action="store_true", help="skip the rows already in --json")
     parser.add_argument("--max-rows", type=int, default=0, help="stop after this many rows in --json")
+    parser.add_argument(
+        "--shard",
+        default="",
+        help="I/N: run only shard I of N (rows dealt out by estimated cost), e.g. two one-thread processes",
+    )
+    parser.add_argument(
+        "--merge", nargs="+", metavar="JSON", help="write --out from these shards' JSON files, run nothing"
+    )
     args = parser.parse_args()
+    rows = ROW_SETS[args.rows]
+    if args.merge:
+        merged = {_row_key(r): r for path in args.merge for r in json.loads(Path(path).read_text())}
+        missing = [row[:4] for row in rows if _key_of(row) not in merged]
+        if missing:
+            raise SystemExit(f"--merge: {len(missing)} rows of {args.rows!r} are in no file: {missing}")
+        _write_markdown(args, [merged[_key_of(row)] for row in rows])
+        return
+    if args.shard:
+        index, count = (int(x) for x in args.shard.split("/"))
+        rows = _shard(rows, count)[index]
 
     loaded = load_model(args.model)
     calib = CalibrationConfig(samples=args.calib_samples) if args.calib_samples else CalibrationConfig()
@@ -164,8 +212,8 @@ def main() -> None:
     if args.json and args.resume and Path(args.json).exists():
         results = json.loads(Path(args.json).read_text())
         print(f"resuming: {len(results)} rows already in {args.json}")
-    done = {(r["weights"], r["acts"], r["algo"], r.get("options", "")) for r in results}
-    for label, weights, acts, algo, *extra in ROW_SETS[args.rows]:
+    done = {_row_key(r) for r in results}
+    for label, weights, acts, algo, *extra in rows:
         options_text = extra[0] if extra else ""
         if (weights, acts, algo, options_text) in done:
             continue
@@ -181,6 +229,7 @@ def main() -> None:
             "bits_per_weight": result.bits_per_weight,
             "ppl_fp": cmp.reference.ppl, "ppl_q": cmp.candidate.ppl, "kl": cmp.kl, "top1": cmp.top1,
             "eval_tokens": cmp.n_tokens, "quantize_seconds": result.seconds,
+            "threads": torch.get_num_threads(),
         }  # fmt: skip
         results.append(row)
         print(json.dumps(row), flush=True)
@@ -189,46 +238,54 @@ def main() -> None:
         del model
         if args.max_rows and len(results) >= args.max_rows:
             break
-    if len(results) < len(ROW_SETS[args.rows]):
-        print(f"{len(results)} of {len(ROW_SETS[args.rows])} rows done; run again with --resume")
+    if len(results) < len(rows):
+        print(f"{len(results)} of {len(rows)} rows done; run again with --resume")
         return
+    if args.out and not args.shard:
+        _write_markdown(args, results)
+
+
+def _write_markdown(args: argparse.Namespace, results: list[dict]) -> None:
+    """Append one table of ``results`` to ``args.out`` (or print it)."""
     fp = results[0]["ppl_fp"]
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
-    if args.out:
-        lines = [
-            f"## {args.model}: {args.rows} rows, {results[0]['eval_tokens']} tokens of {args.corpus} "
-            "(evaluation part)",
-            "",
-            f"Command: `python bench/bench_accuracy.py --model {args.model} --rows {args.rows} "
-            f"--eval-tokens {args.eval_tokens} --out {args.out}"
-            f"{f' --calib-samples {args.calib_samples}' if args.calib_samples else ''}"
-            f"{' --no-reference-cache' if args.no_reference_cache else ''}`",
-            "",
-            f"Machine: {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}. "
-            f"Windows of {args.seq_len} tokens; KL(original || quantized) in nats/token; every row is "
-            "reproducible on its own with the CLI command shown (same numbers).",
-            "",
-            "| recipe | algorithms | bits/weight | perplexity | Δ ppl | KL | top-1 | quantize s | command |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---|",
-            f"| original (fp32) | | 32 | {fp:.3f} | | 0 | 1 | | |",
-        ]
-        for r in results:
-            cmd = f"anybit quantize --model {args.model} --weights {r['weights']}"
-            cmd += f" --acts {r['acts']}" if r["acts"] else ""
-            cmd += f" --algo {r['algo']} --eval-tokens {args.eval_tokens}"
-            cmd += "".join(f" --opt {o}" for o in r.get("options", "").split(";") if o)
-            cmd += f" --calib-samples {args.calib_samples}" if args.calib_samples else ""
-            lines.append(
-                f"| {r['label']} | {r['algo']}{' ' + r['options'] if r.get('options') else ''} "
-                f"| {r['bits_per_weight']:.3f} | {r['ppl_q']:.3f} "
-                f"| {100 * (r['ppl_q'] / fp - 1):+.1f}% "
-                f"| {r['kl']:.4f} | {r['top1']:.4f} | {r['quantize_seconds']:.1f} | `{cmd}` |"
-            )
-        lines.append("")
-        out = Path(args.out)
-        previous = out.read_text() if out.exists() else "# Accuracy\n\n"
-        out.write_text(previous + "\n".join(lines) + "\n")
+    threads = results[0].get("threads", torch.get_num_threads())
+    shards = " (run as shards with `--shard I/N --json F`, joined with `--merge`)" if args.merge else ""
+    lines = [
+        f"## {args.model}: {args.rows} rows, {results[0]['eval_tokens']} tokens of {args.corpus} "
+        "(evaluation part)",
+        "",
+        f"Command: `python bench/bench_accuracy.py --model {args.model} --rows {args.rows} "
+        f"--eval-tokens {args.eval_tokens} --out {args.out}"
+        f"{f' --calib-samples {args.calib_samples}' if args.calib_samples else ''}"
+        f"{' --no-reference-cache' if args.no_reference_cache else ''}`{shards}",
+        "",
+        f"Machine: {cpu_name()}, {threads} threads, torch {torch.__version__}. "
+        f"Windows of {args.seq_len} tokens; KL(original || quantized) in nats/token; every row is "
+        "reproducible on its own with the CLI command shown (same numbers).",
+        "",
+        "| recipe | algorithms | bits/weight | perplexity | Δ ppl | KL | top-1 | quantize s | command |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+        f"| original (fp32) | | 32 | {fp:.3f} | | 0 | 1 | | |",
+    ]
+    for r in results:
+        cmd = f"anybit quantize --model {args.model} --weights {r['weights']}"
+        cmd += f" --acts {r['acts']}" if r["acts"] else ""
+        cmd += f" --algo {r['algo']} --eval-tokens {args.eval_tokens}"
+        cmd += "".join(f" --opt {o}" for o in r.get("options", "").split(";") if o)
+        cmd += f" --calib-samples {args.calib_samples}" if args.calib_samples else ""
+        lines.append(
+            f"| {r['label']} | {r['algo']}{' ' + r['options'] if r.get('options') else ''} "
+            f"| {r['bits_per_weight']:.3f} | {r['ppl_q']:.3f} "
+            f"| {100 * (r['ppl_q'] / fp - 1):+.1f}% "
+            f"| {r['kl']:.4f} | {r['top1']:.4f} | {r['quantize_seconds']:.1f} | `{cmd}` |"
+        )
+    lines.append("")
+    if not args.out:
+        print("\n".join(lines))
+        return
+    out = Path(args.out)
+    previous = out.read_text() if out.exists() else "# Accuracy\n\n"
+    out.write_text(previous + "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -120,3 +120,15 @@ def test_formats_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["formats", "fp4_e2m1", "bitmod3"]) == 0
     out = capsys.readouterr().out
     assert "fp4_e2m1 (4 bits, 15 levels): -6, -4, -3" in out and "bitmod3.ea_neg" in out
+
+
+def test_bench_model_packs_lm_head_on_request(workspace: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    argv = ["bench", "model", "--model", str(workspace["model"]), "--weights", "int4:g32", "--lm-head"]
+    assert main([*argv, "--prompt", "8", "--new-tokens", "4", "--runs", "1", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    packed = result["packed"]["packed_modules"]
+    assert "lm_head" in packed and any(name.endswith("mlp.down_proj") for name in packed)
+    assert result["packed"]["lm_head"] is True
+    # the tied lm_head gets its own packed copy: more bytes than the decoder alone, fewer than fp32
+    assert result["packed"]["expected_bytes"] < result["fp32"]["expected_bytes"]
