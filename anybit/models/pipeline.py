@@ -77,6 +77,15 @@ class QuantizationResult:
         params = self.quantized_params
         return sum(layer.bits for layer in self.layers) / params if params else float("nan")
 
+    @property
+    def mean_rel_error(self) -> float | None:
+        """Mean relative output error over the layers (None unless every layer's was measured):
+        one figure to compare algorithms on the same calibration data."""
+        errors = [layer.rel_error for layer in self.layers]
+        if not errors or any(e is None for e in errors):
+            return None
+        return sum(errors) / len(errors)  # type: ignore[arg-type]
+
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
