@@ -47,3 +47,21 @@ def test_checkpoint_reproduces_perplexity_and_exports(tmp_path: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf")).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
     assert model.config.model_type == "llama" and tokenizer is not None
+
+
+def test_weight_only_result_reproduces_through_hf_dequantized_export(tmp_path: Path) -> None:
+    """An outside evaluator gets the same perplexity from the exported plain-transformers model."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from anybit.data import evaluation_tokens, load_corpus
+    from anybit.eval import perplexity
+
+    data = _quantize(tmp_path, "w3", "--weights", "int3:g64:asym")
+    assert main(["export", str(tmp_path / "w3"), "--to", "hf-dequantized", str(tmp_path / "hf")]) == 0
+    model = AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"), torch_dtype="float32").eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    tokens = evaluation_tokens(tokenizer, load_corpus("foldoc").split().evaluation, EVAL_TOKENS, bos=True)
+    result = perplexity(model, tokens, 1024)
+    assert result.n_tokens == data["eval_tokens"]
+    assert result.ppl == pytest.approx(data["ppl_q"], rel=1e-5)
+    assert result.ppl > 1.05 * data["ppl_fp"]  # it carries the quantization error, not float weights
