@@ -212,6 +212,7 @@ static void group_sums(const GemmArgs& a, float* out) {
 // speed and its cost falls with the bit-width.
 // ------------------------------------------------------------------------------------------------
 constexpr int kIntPrefetchBytes = 8192;  // single weight stream: prefetch far ahead (tuned, M = 1)
+constexpr int kIntScalePrefetchBytes = 1024;  // GEMV scale/offset streams (one line per 1-2 groups)
 constexpr int kIntTilesPerBlock = 8;     // M > 1: tiles (16 rows each) kept in L2 while tokens loop
 
 // Activations of one call, quantized for intbp (see above).
@@ -527,6 +528,98 @@ static inline __attribute__((always_inline)) void intbp_block(const GemmArgs& a,
     intbp_block_cpb<BITS, RB, TB, 1>(a, act, tile0, m0);
   }
 }
+// GEMV of one tile for the single-field widths (1, 2, 4 and 8 bits), the hot loop of the decode
+// step. Differs from intbp_block<BITS, 1, 1> in how each operand is made: the field at position P
+// of a byte is not moved down to bit 0 (no shift or GFNI affine, one AND), so the operand bytes
+// are the code times 2^(W*P) (<= 255: the field's bits stay where they are) and each position P
+// has its own accumulators, which also gives 2 * 8/W independent vpdpbusd chains. At the block
+// end, with d_P = 256 h_P + l_P = 2^(W*P) times the true partial dot of position P,
+// T = sum_P d_P 2^(W*(NP-1-P)) (Horner: T = (T << W) + d_P) is exactly 2^(8-W) times the block's dot
+// and an arithmetic shift by 8 - W recovers it; |T| < 2^8 * 32639 * 64 * (2^W - 1) / 2^W < 2^29.
+// The result is the same integer as intbp_block's, so the outputs are bit-identical.
+// Per 64 weights (16 rows x 4 columns): 1 AND + 2 vpdpbusd + 2 broadcast loads (intbp_block: a
+// GFNI affine, which on Zen 5 competes with vpdpbusd for its two pipes, or a shift + AND). The
+// scales (and offsets) are software-prefetched like the codes (they were left to the hardware
+// prefetcher). Measured on the 2-core Zen 5 of bench/kernels.md (weights in L2, 1 thread, cycles at
+// 4.3 GHz per 1024 weights): 2-bit 25.5-26.5 vs 27.5-28.5 for intbp_block, 4-bit 34-36 for both;
+// there the loop is bound by the 2 vector loads per cycle (32 broadcasts + 4 code loads + prefetches
+// per 1024 2-bit weights) and the 4 vector pipes (32 vpdpbusd + 16 AND + ~20 block-end ops) alike.
+// Tried and slower: broadcasts from one 128-bit load + vpshufd (ALU-bound: 35 cycles), vpdpbusd with
+// an embedded {1to16} broadcast via inline asm (47 cycles: GCC then spills), two tiles per
+// broadcast (24 cycles in L2, but two interleaved code streams made it ~65% slower from DRAM).
+template <int BITS, int CPB, int SK>
+static inline ANYBIT_INLINE void intbp_gemv_tile_pos(const GemmArgs& a, const IntAct& act, int64_t tile) {
+  static_assert(BITS == 1 || BITS == 2 || BITS == 4 || BITS == 8, "single-field widths only");
+  constexpr int W = BITS, NP = 8 / W;
+  constexpr int NS = NP >= 4 ? 1 : 4 / NP;  // sets per position: >= 4 accumulator pairs (4-cycle latency)
+  const uint8_t* codes = tile_chunks(a, act, tile);
+  const int64_t blocks_per_group = act.blocks_per_group;
+  const bool offsets = has_offsets(a);
+  const char* scale_bytes = SK == 0 ? reinterpret_cast<const char*>(a.scales) : reinterpret_cast<const char*>(a.scales16);
+  const char* offset_bytes = !offsets ? scale_bytes
+                             : SK == 0 ? reinterpret_cast<const char*>(a.offsets)
+                                       : reinterpret_cast<const char*>(a.offsets16);
+  auto scales_of = [&](bool offset, int64_t g) ANYBIT_INLINE {
+    const int64_t i = (tile * a.n_groups + g) * kIntTileRows;
+    if constexpr (SK == 0) return _mm512_loadu_ps((offset ? a.offsets : a.scales) + i);
+    const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>((offset ? a.offsets16 : a.scales16) + i));
+    if constexpr (SK == 1) return _mm512_cvtph_ps(raw);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+  };
+  __m512 out = _mm512_setzero_ps();
+  for (int64_t g = 0; g < a.n_groups; ++g) {
+    for (int64_t b = g * blocks_per_group; b < (g + 1) * blocks_per_group; ++b) {
+      __m512i acc_h[NP][NS], acc_l[NP][NS];
+      for (int p = 0; p < NP; ++p)
+        for (int s = 0; s < NS; ++s) acc_h[p][s] = acc_l[p][s] = _mm512_setzero_si512();
+      auto chunk = [&](auto cc) ANYBIT_INLINE {
+        constexpr int CC = decltype(cc)::value;
+        const int64_t c = b * CPB + CC;
+        auto vector = [&](auto vc) ANYBIT_INLINE {
+          constexpr int V = decltype(vc)::value;
+          constexpr int S = (CC * W + V) % NS;
+          const uint8_t* p = codes + (c * BITS + V) * kIntVectorBytes;
+          _mm_prefetch(reinterpret_cast<const char*>(p) + kIntPrefetchBytes, _MM_HINT_T0);
+          if constexpr (CC == 0 && V == 0) {  // the scales and offsets: second and third streams
+            const int64_t at = (tile * a.n_groups + g) * kIntTileRows * (SK == 0 ? 4 : 2) + kIntScalePrefetchBytes;
+            _mm_prefetch(scale_bytes + at, _MM_HINT_T0);
+            _mm_prefetch(offset_bytes + at, _MM_HINT_T0);  // the scales again if there are no offsets
+          }
+          const __m512i vec = _mm512_loadu_si512(p);
+          const int8_t* xp = act.x16 + (c * kIntChunkCols + V * (kIntChunkCols / W)) * 2;
+          auto position = [&](auto pc) ANYBIT_INLINE {
+            constexpr int P = decltype(pc)::value;
+            __m512i op = vec;
+            if constexpr (W < 8) op = _mm512_and_si512(op, _mm512_set1_epi8(static_cast<char>(((1 << W) - 1) << (W * P))));
+            const __m512i h = _mm512_set1_epi32(load_i32(xp + 8 * P)), l = _mm512_set1_epi32(load_i32(xp + 8 * P + 4));
+            acc_h[P][S] = _mm512_dpbusd_epi32(acc_h[P][S], op, h);
+            acc_l[P][S] = _mm512_dpbusd_epi32(acc_l[P][S], op, l);
+          };
+          StaticFor<0, NP>::run(position);
+        };
+        StaticFor<0, W>::run(vector);
+      };
+      StaticFor<0, CPB>::run(chunk);
+      __m512i t = _mm512_setzero_si512();  // Horner over the positions (see above)
+      for (int p = 0; p < NP; ++p) {
+        __m512i h = acc_h[p][0], l = acc_l[p][0];
+        for (int s = 1; s < NS; ++s) {
+          h = _mm512_add_epi32(h, acc_h[p][s]);
+          l = _mm512_add_epi32(l, acc_l[p][s]);
+        }
+        const __m512i d = _mm512_add_epi32(_mm512_slli_epi32(h, 8), l);
+        t = p == 0 ? d : _mm512_add_epi32(_mm512_slli_epi32(t, W), d);
+      }
+      const __m512i dot = _mm512_srai_epi32(t, 8 - W);
+      const __m512 s = _mm512_mul_ps(scales_of(false, g), _mm512_set1_ps(act.scale[b]));
+      out = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), s, out);
+    }
+    out = _mm512_fmadd_ps(scales_of(offsets, g), _mm512_set1_ps(offset_xsum(a, act, 0, g)), out);
+  }
+  const int64_t row0 = tile * kIntTileRows;
+  const int64_t rows = min64(kIntTileRows, a.N - row0);
+  _mm512_mask_storeu_ps(a.y + row0, static_cast<__mmask16>((1u << rows) - 1u), out);
+}
 constexpr int kIntRowTiles = 2;  // M > 1: 2 tiles x 4 tokens = 16 int32 + 8 float accumulators
 constexpr int kIntTokens = 4;
 
@@ -689,6 +782,22 @@ constexpr int kIntTokens = 1;
 // its setup is hoisted out of the tile loop.
 template <int BITS>
 static void intbp_gemv_tiles(const GemmArgs& a, const IntAct& act, int64_t begin, int64_t end) {
+#if ANYBIT_ISA_LEVEL == 2
+  if constexpr (BITS == 1 || BITS == 2 || BITS == 4 || BITS == 8) {
+    auto run = [&](auto cpb, auto sk) ANYBIT_INLINE {
+      constexpr int CPB = decltype(cpb)::value, SK = decltype(sk)::value;
+      for (int64_t t = begin; t < end; ++t) intbp_gemv_tile_pos<BITS, CPB, SK>(a, act, t);
+    };
+    if (act.chunks_per_block == 2) {
+      if (a.scale_kind == 0) return run(IntC<2>{}, IntC<0>{});
+      if (a.scale_kind == 1) return run(IntC<2>{}, IntC<1>{});
+      return run(IntC<2>{}, IntC<2>{});
+    }
+    if (a.scale_kind == 0) return run(IntC<1>{}, IntC<0>{});
+    if (a.scale_kind == 1) return run(IntC<1>{}, IntC<1>{});
+    return run(IntC<1>{}, IntC<2>{});
+  }
+#endif
   for (int64_t t = begin; t < end; ++t) intbp_block<BITS, 1, 1>(a, act, t, 0);
 }
 
@@ -740,6 +849,14 @@ void gemm_intbp(const GemmArgs& a) {
   float* scale = scratch;
   float* gsum = scratch + a.M * blocks;
   int8_t* x16 = reinterpret_cast<int8_t*>(scratch + floats);
+  if (a.M == 1) {  // GEMV: start the weight streams while the activations are being quantized
+    const char* codes = static_cast<const char*>(a.weight);
+    const int64_t code_bytes = round_up(a.N, kIntTileRows) / kIntTileRows * (a.K_pad / kIntChunkCols) * a.bits * kIntVectorBytes;
+    for (int64_t i = 0; i < min64(kIntPrefetchBytes, code_bytes); i += 64) prefetch(codes + i);
+    const char* scales = a.scale_kind == 0 ? reinterpret_cast<const char*>(a.scales) : reinterpret_cast<const char*>(a.scales16);
+    const int64_t scale_bytes = round_up(a.N, kIntTileRows) * a.n_groups * (a.scale_kind == 0 ? 4 : 2);
+    for (int64_t i = 0; i < min64(kIntScalePrefetchBytes, scale_bytes); i += 64) prefetch(scales + i);
+  }
   quantize_x16(a, block, x16, scale, gsum);
   const IntAct act{x16, scale, gsum, block, blocks, a.group_size / block, block / kIntChunkCols,
                    a.K_pad / kIntChunkCols * a.bits * kIntVectorBytes};
