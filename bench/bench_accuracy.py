@@ -168,6 +168,9 @@ def main() -> None:
         help="I/N: run only shard I of N (rows dealt out by estimated cost), e.g. two one-thread processes",
     )
     parser.add_argument(
+        "--reverse", action="store_true", help="rows in reverse order (a second process from a shard's end)"
+    )
+    parser.add_argument(
         "--merge", nargs="+", metavar="JSON", help="write --out from these shards' JSON files, run nothing"
     )
     args = parser.parse_args()
@@ -182,6 +185,8 @@ def main() -> None:
     if args.shard:
         index, count = (int(x) for x in args.shard.split("/"))
         rows = _shard(rows, count)[index]
+    if args.reverse:
+        rows = rows[::-1]
 
     loaded = load_model(args.model)
     calib = CalibrationConfig(samples=args.calib_samples) if args.calib_samples else CalibrationConfig()
