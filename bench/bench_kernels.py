@@ -32,7 +32,9 @@ def main(argv: list[str] | None = None) -> int:
         value = "n/a" if check["value"] is None else f"{check['value']:.2f}"
         print(f"- {name}: {value} (target >= {check['target']}) {'MET' if check['met'] else 'NOT MET'}")
     for name, value in report["ratios"].items():
-        print(f"- {name}: {'n/a' if value is None else f'{value:.3f}'}")
+        print(f"- {name} (unpaired): {'n/a' if value is None else f'{value:.3f}'}")
+    for name, paired in report["paired"].items():
+        print(f"- {name} (paired): median {paired['median']:.3f}, {paired['min']:.3f}-{paired['max']:.3f}")
     return 0
 
 

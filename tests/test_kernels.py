@@ -11,6 +11,7 @@ here, and is also held tightly to the reference of that quantization and to its 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -436,3 +437,26 @@ def test_raw_binding_rejects_wrong_buffers() -> None:
         ext.gemm_intbp("scalar", x, y, packed.codes, 4, 32, packed.scales, None, -8.0, scale_dtype="fp16")
     with pytest.raises(ValueError, match="scale_dtype"):
         ext.gemm_intbp("scalar", x, y, packed.codes, 4, 32, packed.scales, None, -8.0, scale_dtype="fp8")
+
+
+def test_kernel_bench_report_structure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The benchmark's JSON (small shape, few calls: structure only, timings are the bench's job)."""
+    import json
+
+    from anybit.kernels import bench
+
+    monkeypatch.setattr(bench, "BANDWIDTH_BYTES", 4 * 2**20)
+    monkeypatch.setattr(bench, "BANDWIDTH_CHUNK_BYTES", 2**20)
+    monkeypatch.setattr(bench, "ROTATE_BYTES", 2**20)
+    monkeypatch.setattr(bench, "REPEATS", {1: 3})
+    out = tmp_path / "k.json"
+    kernels = ("int4", "int2", "w8a8")
+    report = bench.run_kernel_bench(str(out), shapes=((48, 128),), tokens=(1,), kernels=kernels)
+    assert json.loads(out.read_text())["bandwidth_gbs"] == report["bandwidth_gbs"] > 0
+    rows = {r["kernel"]: r for r in report["results"]}
+    assert set(rows) == {"int4", "int2", "w8a8"}
+    # packed bytes: 4-bit codes + fp32 scales per 64 columns, and half the code bytes at 2 bits
+    assert rows["int4"]["weight_bytes"] == 48 * 128 // 2 + 48 * 2 * 4
+    assert rows["int2"]["weight_bytes"] == 48 * 128 // 4 + 48 * 2 * 4
+    assert report["paired"] == {}  # only at the 4096x4096 target shape
+    assert all(t["value"] is None for t in report["targets"].values())  # no 4096x4096 rows
