@@ -23,11 +23,13 @@ Protocol (``run_kernel_bench``):
    (codes + scales + zeros + tables) / median seconds; for M = 1 its ratio to ``bandwidth_gbs`` is
    the fraction of the memory-bandwidth limit reached.
 4. The W2/W4 speed-up (a ratio of two kernels) is also measured *paired*: :data:`PAIRED_ROUNDS`
-   rounds, each timing the int4 then the int2 GEMV (median of :data:`REPEATS` [1] calls, cold
-   weights as above), ratio per round, median over rounds (``paired``). Why: in step 2 the two
-   kernels are timed minutes apart, and on a shared machine the neighbours' memory traffic moves
-   one kernel's median by +-5% between those moments; pairing cancels that drift (on an idle
-   machine both agree). The target uses the paired figure; the unpaired one stays in ``ratios``.
+   rounds, each building fresh cold copies for the int4 and the int2 GEMV and timing both (median
+   of :data:`REPEATS` [1] calls each), ratio per round, median over rounds (``paired``). Why: in
+   step 2 the two kernels are timed minutes apart, each on one allocation of copies; the
+   neighbours' memory traffic on a shared machine, and where the copies' pages land (one set of
+   int4 copies streamed at 31 GB/s, another at 38), move one kernel's median by 5-20%, and
+   pairing with fresh copies per round averages both out. The target uses the paired figure; the
+   unpaired one stays in ``ratios``.
 
 Kernels: ``int8`` ``int4`` ``int3`` ``int2`` (weight-only ``intbp``: bit-field codes, fp32 group
 scales, 16-bit integer activations), ``int4_s16`` ``int2_s16`` (the same with ``scale=fp16``, so the
@@ -230,14 +232,22 @@ def run_kernel_bench(
 def paired_ratio(
     slow: str, fast: str, n: int, k: int, progress: Callable[[str], None] | None = None
 ) -> dict[str, object]:
-    """``time(slow) / time(fast)`` at M = 1, timed in alternation (module docstring, step 4)."""
+    """``time(slow) / time(fast)`` at M = 1, timed in alternation (module docstring, step 4).
+
+    Each round builds fresh weight copies for both kernels (in alternating order) and frees them:
+    how fast a set of copies streams depends on where its pages land (measured here: the same int4
+    GEMV at 31 GB/s with one set of copies and 38 GB/s with another), so one allocation per kernel
+    would bias the ratio for the whole run."""
     torch.manual_seed(1)
     w, x = torch.randn(n, k) * 0.02, torch.randn(1, k)
-    slow_calls, _ = _anybit_case(slow, w, x)
-    fast_calls, _ = _anybit_case(fast, w, x)
     rounds = []
-    for _ in range(PAIRED_ROUNDS):
-        rounds.append(_median_seconds(slow_calls, REPEATS[1]) / _median_seconds(fast_calls, REPEATS[1]))
+    for r in range(PAIRED_ROUNDS):
+        seconds = {}
+        for name in (slow, fast) if r % 2 == 0 else (fast, slow):
+            calls, _ = _anybit_case(name, w, x)
+            seconds[name] = _median_seconds(calls, REPEATS[1])
+            del calls
+        rounds.append(seconds[slow] / seconds[fast])
     result = {"median": statistics.median(rounds), "min": min(rounds), "max": max(rounds), "rounds": rounds}
     if progress is not None:
         progress(f"paired {slow}/{fast} {n}x{k} M=1: median {result['median']:.3f} "
