@@ -464,3 +464,14 @@ def test_kernel_bench_report_structure(tmp_path: Path, monkeypatch: pytest.Monke
     assert rows["int2"]["weight_bytes"] == 48 * 128 // 4 + 48 * 2 * 4
     assert report["paired"] == {}  # only at the 4096x4096 target shape
     assert all(t["value"] is None for t in report["targets"].values())  # no 4096x4096 rows
+
+
+def test_read_probe_sums_every_word_on_every_isa() -> None:
+    """The bandwidth probe must really read the whole buffer (its sum is checked, so no ISA path can
+    skip or double-count a line); odd lengths exercise the tail."""
+    import numpy as np
+
+    words = np.random.default_rng(0).integers(0, 2**62, size=32 * 1000 + 7, dtype=np.uint64)
+    expected = int(words.sum(dtype=np.uint64))
+    for isa in ISAS:
+        assert dispatch.extension().read_probe(words, isa) == expected
