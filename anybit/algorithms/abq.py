@@ -115,7 +115,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from anybit.algorithms.base import Algorithm, BlockContext, register
-from anybit.algorithms.layerwise import bool_option, check_known_options, number_option, recipe_weight_schemes
+from anybit.algorithms.layerwise import (
+    bool_option,
+    check_known_options,
+    check_weight_schemes,
+    number_option,
+)
 from anybit.algorithms.smooth import SCALE_RANGE, fold_scales, smoothquant_scales, weight_col_max
 from anybit.errors import AlgorithmError
 from anybit.formats import FormatFamily
@@ -469,18 +474,13 @@ class ABQ(Algorithm):
     paper = "Zeng et al. 2025, ABQ-LLM (arXiv 2408.08554): distribution correction, bit balance"
 
     def __init__(self) -> None:
+        super().__init__()
         # the float model's hidden states of the training samples, carried to the next block
         self._chain: tuple[int, dict[int, torch.Tensor]] | None = None
 
     def check(self, recipe: Recipe) -> None:
         ABQOptions.from_recipe(recipe)  # refuses bad options before any work
-        schemes = recipe_weight_schemes(recipe)
-        if not schemes:
-            raise AlgorithmError("abq needs a weight scheme (--weights); the recipe quantizes no weights")
-        for scheme in schemes:
-            reason = refusal(scheme)
-            if reason is not None:
-                raise AlgorithmError(reason)
+        check_weight_schemes(recipe, "abq", refusal)
 
     # -- helpers ---------------------------------------------------------------------------------
     @staticmethod

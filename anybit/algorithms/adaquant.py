@@ -61,13 +61,12 @@ from anybit.algorithms.layerwise import (
     bool_option,
     build_qtensor,
     check_known_options,
+    check_weight_schemes,
     grid_setup,
     number_option,
-    recipe_weight_schemes,
     relative_error,
     sequential_quantize,
 )
-from anybit.errors import AlgorithmError
 from anybit.formats import FormatFamily, NumberFormat
 from anybit.grouping import from_groups, to_groups
 from anybit.qtensor import QTensor
@@ -232,15 +231,7 @@ class AdaQuant(Algorithm):
 
     def check(self, recipe: Recipe) -> None:
         AdaQuantOptions.from_recipe(recipe)  # refuses bad options before any work
-        schemes = recipe_weight_schemes(recipe)
-        if not schemes:
-            raise AlgorithmError(
-                "adaquant needs a weight scheme (--weights); the recipe quantizes no weights"
-            )
-        for scheme in schemes:
-            reason = refusal(scheme)
-            if reason is not None:
-                raise AlgorithmError(reason)
+        check_weight_schemes(recipe, "adaquant", refusal)
 
     def quantize_block(self, ctx: BlockContext) -> dict[str, QTensor]:
         opts = AdaQuantOptions.from_recipe(ctx.recipe)

@@ -65,6 +65,7 @@ from anybit.algorithms.layerwise import (  # noqa: F401  (re-exported: the layer
     build_qtensor,
     capture_stats,
     check_known_options,
+    check_weight_schemes,
     grid_setup,
     input_stages,
     number_option,
@@ -188,10 +189,7 @@ class AdaRound(Algorithm):
 
     def check(self, recipe: Recipe) -> None:
         AdaRoundOptions.from_recipe(recipe)  # refuses bad options before any work
-        if not recipe_weight_schemes(recipe):
-            raise AlgorithmError(
-                "adaround needs a weight scheme (--weights); the recipe quantizes no weights"
-            )
+        check_weight_schemes(recipe, "adaround")
 
     def quantize_block(self, ctx: BlockContext) -> dict[str, QTensor]:
         opts = AdaRoundOptions.from_recipe(ctx.recipe)

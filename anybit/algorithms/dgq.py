@@ -72,8 +72,8 @@ from anybit.algorithms.layerwise import (
     DEFAULT_MAX_TOKENS,
     LayerStats,
     check_known_options,
+    check_weight_schemes,
     number_option,
-    recipe_weight_schemes,
     sequential_quantize,
 )
 from anybit.algorithms.smooth import fold_scales, group_is_quantized, recipe_has_acts, to_channels
@@ -135,7 +135,12 @@ def ratios(points: int, smallest: float) -> list[float]:
 
 
 def refusal(scheme: QScheme) -> str | None:
-    """Why ``dgq`` cannot serve ``scheme`` (None if it can)."""
+    """Why ``dgq`` cannot serve ``scheme`` (None if it can): the whole error message."""
+    reason = _reason(scheme)
+    return None if reason is None else f"dgq cannot serve this recipe: {reason}"
+
+
+def _reason(scheme: QScheme) -> str | None:
     if len(scheme.number_format.members) > 1:
         return (
             f"{scheme} is a format family (a type chosen per group); DGQ searches scales of one "
@@ -233,13 +238,7 @@ class DGQ(Algorithm):
 
     def check(self, recipe: Recipe) -> None:
         DGQOptions.from_recipe(recipe)
-        schemes = recipe_weight_schemes(recipe)
-        if not schemes:
-            raise AlgorithmError("dgq needs a weight scheme (--weights); the recipe quantizes no weights")
-        for scheme in schemes:
-            reason = refusal(scheme)
-            if reason is not None:
-                raise AlgorithmError(f"dgq cannot serve this recipe: {reason}")
+        check_weight_schemes(recipe, "dgq", refusal)
 
     def quantize_block(self, ctx: BlockContext) -> dict[str, QTensor]:
         opts = DGQOptions.from_recipe(ctx.recipe)

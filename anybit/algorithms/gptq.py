@@ -82,7 +82,7 @@ import torch
 from torch import nn
 
 from anybit.algorithms.base import Algorithm, BlockContext, register
-from anybit.algorithms.layerwise import bool_option
+from anybit.algorithms.layerwise import bool_option, check_weight_schemes
 from anybit.errors import AlgorithmError
 from anybit.formats import NumberFormat
 from anybit.grouping import from_groups, to_groups
@@ -551,9 +551,7 @@ class GPTQ(Algorithm):
 
     def check(self, recipe: Recipe) -> None:
         GPTQOptions.from_recipe(recipe)  # refuses bad options before any work
-        schemes = [recipe.weights, *(o.weights for o in recipe.overrides if isinstance(o.weights, QScheme))]
-        if not any(isinstance(s, QScheme) for s in schemes):
-            raise AlgorithmError("GPTQ needs a weight scheme (--weights); the recipe quantizes no weights")
+        check_weight_schemes(recipe, "GPTQ")
 
     # -- capture ---------------------------------------------------------------------------------
     @torch.no_grad()

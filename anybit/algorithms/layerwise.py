@@ -91,6 +91,23 @@ def recipe_weight_schemes(recipe: Recipe) -> list[QScheme]:
     return [s for s in schemes if isinstance(s, QScheme)]
 
 
+def check_weight_schemes(
+    recipe: Recipe, algorithm: str, refusal: Callable[[QScheme], str | None] | None = None
+) -> list[QScheme]:
+    """Refuse up front a recipe that quantizes no weights, or a weight scheme ``refusal`` explains
+    the algorithm cannot serve (its message is the error); returns the schemes."""
+    schemes = recipe_weight_schemes(recipe)
+    if not schemes:
+        raise AlgorithmError(
+            f"{algorithm} needs a weight scheme (--weights); the recipe quantizes no weights"
+        )
+    reasons = [refusal(s) for s in schemes] if refusal is not None else []
+    for reason in reasons:
+        if reason is not None:
+            raise AlgorithmError(reason)
+    return schemes
+
+
 # ===== layer-wise machinery ================================================
 class _StopForward(Exception):
     """Raised by a capture hook once every input the stage needs has been seen."""
