@@ -183,8 +183,10 @@ def main() -> None:
         _write_markdown(args, [merged[_key_of(row)] for row in rows])
         return
     if args.shard:
-        index, count = (int(x) for x in args.shard.split("/"))
-        rows = _shard(rows, count)[index]
+        index, _, count = args.shard.partition("/")
+        if not (index.isdigit() and count.isdigit() and int(index) < int(count)):
+            parser.error(f"--shard {args.shard!r}: write I/N with 0 <= I < N, e.g. --shard 0/2")
+        rows = _shard(rows, int(count))[int(index)]
     if args.reverse:
         rows = rows[::-1]
 
