@@ -568,6 +568,9 @@ static inline ANYBIT_INLINE void intbp_gemv_tile_pos(const GemmArgs& a, const In
   };
   __m512 out = _mm512_setzero_ps();
   for (int64_t g = 0; g < a.n_groups; ++g) {
+    // widened once per group: used by every block and, without offsets, by the offset term too
+    // (16-bit scales: one vcvtph2ps per group instead of two, -4 cycles per 1024 2-bit weights)
+    const __m512 group_scales = scales_of(false, g);
     for (int64_t b = g * blocks_per_group; b < (g + 1) * blocks_per_group; ++b) {
       __m512i acc_h[NP][NS], acc_l[NP][NS];
       for (int p = 0; p < NP; ++p)
@@ -611,10 +614,10 @@ static inline ANYBIT_INLINE void intbp_gemv_tile_pos(const GemmArgs& a, const In
         t = p == 0 ? d : _mm512_add_epi32(_mm512_slli_epi32(t, W), d);
       }
       const __m512i dot = _mm512_srai_epi32(t, 8 - W);
-      const __m512 s = _mm512_mul_ps(scales_of(false, g), _mm512_set1_ps(act.scale[b]));
+      const __m512 s = _mm512_mul_ps(group_scales, _mm512_set1_ps(act.scale[b]));
       out = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), s, out);
     }
-    out = _mm512_fmadd_ps(scales_of(offsets, g), _mm512_set1_ps(offset_xsum(a, act, 0, g)), out);
+    out = _mm512_fmadd_ps(offsets ? scales_of(true, g) : group_scales, _mm512_set1_ps(offset_xsum(a, act, 0, g)), out);
   }
   const int64_t row0 = tile * kIntTileRows;
   const int64_t rows = min64(kIntTileRows, a.N - row0);

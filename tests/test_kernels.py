@@ -464,6 +464,32 @@ def test_kernel_bench_report_structure(tmp_path: Path, monkeypatch: pytest.Monke
     assert rows["int2"]["weight_bytes"] == 48 * 128 // 4 + 48 * 2 * 4
     assert report["paired"] == {}  # only at the 4096x4096 target shape
     assert all(t["value"] is None for t in report["targets"].values())  # no 4096x4096 rows
+    # the 128-column-group kernels are skipped where 128 does not divide K
+    skipped = bench.run_kernel_bench(shapes=((16, 192), (16, 256)), tokens=(1,), kernels=("int4_g128",))
+    assert [(r["n"], r["k"]) for r in skipped["results"]] == [(16, 256)]
+
+
+def test_paired_ratio_times_both_kernels_every_round(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Paired W2/W4: one ratio per round, each from calls of both kernels in alternation."""
+    from anybit.kernels import bench
+
+    monkeypatch.setattr(bench, "REPEATS", {1: 5})
+    monkeypatch.setattr(bench, "PAIRED_ROUNDS", 3)
+    monkeypatch.setattr(bench, "ROTATE_BYTES", 4096)
+    calls: list[str] = []
+    real_case = bench._anybit_case
+
+    def counting_case(name: str, w: torch.Tensor, x: torch.Tensor) -> tuple[list, int]:
+        fns, nbytes = real_case(name, w, x)
+        return [lambda fn=fn: (calls.append(name), fn())[1] for fn in fns], nbytes
+
+    monkeypatch.setattr(bench, "_anybit_case", counting_case)
+    result = bench.paired_ratio("int4", "int2", 32, 128)
+    assert len(result["rounds"]) == 3 and all(r > 0 for r in result["rounds"])
+    assert result["min"] <= result["median"] <= result["max"]
+    # per round: one warm-up each, then 5 alternating pairs (round 1 starts with int2)
+    round0, round1 = calls[:12], calls[12:24]
+    assert round0 == ["int4", "int2"] * 6 and round1 == ["int2", "int4"] * 6
 
 
 def test_read_probe_sums_every_word_on_every_isa() -> None:
