@@ -34,7 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, value in report["ratios"].items():
         print(f"- {name} (unpaired): {'n/a' if value is None else f'{value:.3f}'}")
     for name, paired in report["paired"].items():
-        print(f"- {name} (paired): median {paired['median']:.3f}, {paired['min']:.3f}-{paired['max']:.3f}")
+        print(
+            f"- {name} (paired): {paired['value']:.3f} (int4 first {paired['slow_first']:.3f}, "
+            f"int2 first {paired['fast_first']:.3f}; rounds {paired['min']:.3f}-{paired['max']:.3f})"
+        )
     return 0
 
 

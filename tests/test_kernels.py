@@ -486,7 +486,12 @@ def test_paired_ratio_times_both_kernels_every_round(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(bench, "_anybit_case", counting_case)
     result = bench.paired_ratio("int4", "int2", 32, 128)
     assert len(result["rounds"]) == 3 and all(r > 0 for r in result["rounds"])
-    assert result["min"] <= result["median"] <= result["max"]
+    assert result["min"] <= result["value"] <= result["max"]
+    # the value is the geometric mean of the two orders' medians (rounds 0, 2 and round 1)
+    slow_first = sorted(result["rounds"][0::2])
+    assert result["slow_first"] == pytest.approx(sum(slow_first) / 2)
+    assert result["fast_first"] == result["rounds"][1]
+    assert result["value"] == pytest.approx((result["slow_first"] * result["fast_first"]) ** 0.5)
     # per round: one warm-up each, then 5 alternating pairs (round 1 starts with int2)
     round0, round1 = calls[:12], calls[12:24]
     assert round0 == ["int4", "int2"] * 6 and round1 == ["int2", "int4"] * 6

@@ -31,7 +31,12 @@ Protocol (``run_kernel_bench``):
    at 31 GB/s, another at 38) move one kernel's median by 5-20%. Alternating call by call gives
    both kernels the same traffic, and fresh copies per round average out the page placement
    (measured: rounds of 1.80-1.81 where timing each kernel as one block of calls gave 1.59-1.89).
-   The target uses the paired figure; the unpaired one stays in ``ratios``.
+   Half the rounds allocate and call int4 first, half int2 first, and ``value`` is the geometric
+   mean of the two orders' medians: in some processes the order alone moved every round's ratio
+   by ~10% (rounds alternating 1.92, 1.74, 1.90, 1.70, ... in the all-shapes run of
+   bench/kernels.md; other runs showed no such effect), and the geometric mean cancels a bias
+   that multiplies one order's ratios by f and the other's by 1/f. The target uses the paired
+   figure; the unpaired one stays in ``ratios``.
 
 Kernels: ``int8`` ``int4`` ``int3`` ``int2`` (weight-only ``intbp``: bit-field codes, fp32 group
 scales, 16-bit integer activations), ``int4_s16`` ``int2_s16`` (the same with ``scale=fp16``, so the
@@ -47,6 +52,7 @@ group 64 where it divides K, else 32) and ``torch_int8pack`` (``_weight_int8pack
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import statistics
@@ -67,7 +73,7 @@ BANDWIDTH_PASSES = 3
 ROTATE_BYTES = 512 * 2**20
 MAX_COPIES = 4096
 REPEATS = {1: 201, 16: 41, 512: 3}
-PAIRED_ROUNDS = 7
+PAIRED_ROUNDS = 8  # even: as many rounds with each kernel first
 # W2/W4 pairs: label -> (int4 kernel, int2 kernel). Their packed-bytes ratios bound the speed-up of
 # kernels that stream at memory speed: 4.5/2.5 = 1.800 bits with fp32 scales per 64 weights,
 # 4.25/2.25 = 1.889 with fp16 per 64, 4.125/2.125 = 1.941 with fp16 per 128.
@@ -248,7 +254,9 @@ def run_kernel_bench(
 def paired_ratio(
     slow: str, fast: str, n: int, k: int, progress: Callable[[str], None] | None = None
 ) -> dict[str, object]:
-    """``time(slow) / time(fast)`` at M = 1, the calls in alternation (module docstring, step 4).
+    """``time(slow) / time(fast)`` at M = 1, the calls in alternation (module docstring, step 4):
+    ``value`` is the geometric mean of the medians of the rounds with ``slow`` first and with
+    ``fast`` first.
 
     Each round builds fresh weight copies for both kernels and frees them after: how fast a set of
     copies streams depends on where its pages land (measured here: the same int4 GEMV at 31 GB/s
@@ -272,10 +280,18 @@ def paired_ratio(
                 times[name].append(time.perf_counter() - start)
         del calls
         rounds.append(statistics.median(times[slow]) / statistics.median(times[fast]))
-    result = {"median": statistics.median(rounds), "min": min(rounds), "max": max(rounds), "rounds": rounds}
+    slow_first, fast_first = statistics.median(rounds[0::2]), statistics.median(rounds[1::2])
+    result = {
+        "value": math.sqrt(slow_first * fast_first),
+        "slow_first": slow_first,
+        "fast_first": fast_first,
+        "min": min(rounds),
+        "max": max(rounds),
+        "rounds": rounds,
+    }
     if progress is not None:
-        progress(f"paired {slow}/{fast} {n}x{k} M=1: median {result['median']:.3f} "
-                 f"({result['min']:.3f}-{result['max']:.3f})")  # fmt: skip
+        progress(f"paired {slow}/{fast} {n}x{k} M=1: {result['value']:.3f} (by order {slow_first:.3f}, "
+                 f"{fast_first:.3f}; rounds {result['min']:.3f}-{result['max']:.3f})")  # fmt: skip
     return result
 
 
@@ -299,7 +315,7 @@ def targets(
     def w2_over_w4(label: str) -> float | None:
         """The paired median if measured, else the ratio of the two unpaired medians."""
         if paired and f"w2_over_w4_speedup_{label}" in paired:
-            return float(paired[f"w2_over_w4_speedup_{label}"]["median"])
+            return float(paired[f"w2_over_w4_speedup_{label}"]["value"])
         slow, fast = PAIRED[label]
         return ratio(_seconds(results, slow, n, k, 1), _seconds(results, fast, n, k, 1))
 
