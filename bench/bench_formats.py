@@ -30,7 +30,6 @@ SCHEMES = [
 ]
 
 
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=7)

@@ -34,7 +34,6 @@ from anybit.speed import cpu_name
 LENGTHS = (128, 512, 2048)
 
 
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default="smollm2")

@@ -72,15 +72,22 @@ def make_tar(files: dict[str, bytes], mode: str = "w:xz") -> bytes:
     return buffer.getvalue()
 
 
-def make_deb(package: str, version: str, files: dict[str, bytes], data_member: str = "data.tar.xz",
-             data_blob: bytes | None = None) -> bytes:
+def make_deb(
+    package: str,
+    version: str,
+    files: dict[str, bytes],
+    data_member: str = "data.tar.xz",
+    data_blob: bytes | None = None,
+) -> bytes:
     control = f"Package: {package}\nVersion: {version}\nArchitecture: all\nDescription: test\n fake\n"
     mode = {"data.tar.xz": "w:xz", "data.tar.gz": "w:gz", "data.tar": "w"}.get(data_member, "w:xz")
-    return make_ar([
-        ("debian-binary", b"2.0\n"),
-        ("control.tar.xz", make_tar({"control": control.encode()})),
-        (data_member, data_blob if data_blob is not None else make_tar(files, mode)),
-    ])
+    return make_ar(
+        [
+            ("debian-binary", b"2.0\n"),
+            ("control.tar.xz", make_tar({"control": control.encode()})),
+            (data_member, data_blob if data_blob is not None else make_tar(files, mode)),
+        ]
+    )
 
 
 def dictzip(data: bytes) -> bytes:
@@ -130,7 +137,7 @@ MHCC_NOTES = [
     "<table> <row><cell>God creates heaven and earth.</cell><cell>(1-2)</cell></row> </table>",
     '<div sID="g2" type="x-p"/> <hi type="bold">Verses 3-5</hi> <div eID="g2" type="x-p"/> '
     '<div sID="g3" type="x-p"/> God said, Let there be light; see <reference osisRef="1John.5.20">'
-    "1Jo 5:20</reference>. The Lord&apos;s day &amp; night. <div eID=\"g3\" type=\"x-p\"/>",
+    '1Jo 5:20</reference>. The Lord&apos;s day &amp; night. <div eID="g3" type="x-p"/>',
     '<chapter n="2" osisID="Gen.2" sID="Gen.2"/> ',  # markup only: no document
     "A note in the second block, about the New Testament.",
 ]
@@ -147,14 +154,23 @@ def zcom_files(entry_width: int = 10) -> dict[str, bytes]:
         bzz += comp
     n0, n2 = len(MHCC_NOTES[0].encode()), len(MHCC_NOTES[2].encode())
     slots = [
-        (0, 0, 0), (0, 0, 0),
-        (0, 0, n0), (0, n0, len(MHCC_NOTES[1].encode())), (0, n0, len(MHCC_NOTES[1].encode())),
-        (1, 0, n2), (1, n2, len(MHCC_NOTES[3].encode())), (0, 0, 0),
+        (0, 0, 0),
+        (0, 0, 0),
+        (0, 0, n0),
+        (0, n0, len(MHCC_NOTES[1].encode())),
+        (0, n0, len(MHCC_NOTES[1].encode())),
+        (1, 0, n2),
+        (1, n2, len(MHCC_NOTES[3].encode())),
+        (0, 0, 0),
     ]
     fmt = "<IIH" if entry_width == 10 else "<III"
     bzv = b"".join(struct.pack(fmt, *slot) for slot in slots)
-    return {f"{MODULE_DIR}ot.bzs": bzs, f"{MODULE_DIR}ot.bzz": bzz, f"{MODULE_DIR}ot.bzv": bzv,
-            "usr/share/sword/mods.d/mhcc.conf": b"[MHCC]\nModDrv=zCom4\n"}
+    return {
+        f"{MODULE_DIR}ot.bzs": bzs,
+        f"{MODULE_DIR}ot.bzz": bzz,
+        f"{MODULE_DIR}ot.bzv": bzv,
+        "usr/share/sword/mods.d/mhcc.conf": b"[MHCC]\nModDrv=zCom4\n",
+    }
 
 
 @pytest.fixture
@@ -519,9 +535,11 @@ def test_real_corpora_from_debian(tmp_path, monkeypatch):
         size = len(corpus.text.encode("utf-8"))
         split = corpus.split()
         calib, evals = split.calibration, split.evaluation
-        print(f"\n{name}: {corpus.source}; {len(corpus.documents)} documents, {size / 1e6:.2f} MB, "
-              f"{seconds:.1f} s; calibration {len(calib.documents)} docs {len(calib.text) / 1e6:.2f} MB, "
-              f"evaluation {len(evals.documents)} docs {len(evals.text) / 1e6:.2f} MB")
+        print(
+            f"\n{name}: {corpus.source}; {len(corpus.documents)} documents, {size / 1e6:.2f} MB, "
+            f"{seconds:.1f} s; calibration {len(calib.documents)} docs {len(calib.text) / 1e6:.2f} MB, "
+            f"evaluation {len(evals.documents)} docs {len(evals.text) / 1e6:.2f} MB"
+        )
         assert len(corpus.documents) > min_docs and low < size < high
         assert corpus.license.startswith(license_) and calib.license == evals.license == corpus.license
         assert not set(calib.documents) & set(evals.documents)

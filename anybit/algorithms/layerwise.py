@@ -362,5 +362,3 @@ def build_qtensor(
             f"{name}: internal error, the QTensor does not dequantize to the optimized weight"
         )
     return qtensor, expected
-
-

@@ -159,12 +159,18 @@ class PackagedCorpus:
 
 CORPORA: dict[str, PackagedCorpus] = {
     "foldoc": PackagedCorpus(
-        "foldoc", "dict-foldoc", "GFDL-1.1-or-later",
-        "Free On-line Dictionary of Computing, ed. Denis Howe", parse_foldoc,
+        "foldoc",
+        "dict-foldoc",
+        "GFDL-1.1-or-later",
+        "Free On-line Dictionary of Computing, ed. Denis Howe",
+        parse_foldoc,
     ),
     "mhcc": PackagedCorpus(
-        "mhcc", "sword-comm-mhcc", "public-domain",
-        "Matthew Henry's Concise Commentary on the Whole Bible", parse_zcom,
+        "mhcc",
+        "sword-comm-mhcc",
+        "public-domain",
+        "Matthew Henry's Concise Commentary on the Whole Bible",
+        parse_zcom,
     ),
 }
 
@@ -207,20 +213,23 @@ def _load_packaged(spec: PackagedCorpus, root: Path, refresh: bool) -> Corpus:
     )
     lines = "".join(json.dumps(doc, ensure_ascii=False) + "\n" for doc in documents)
     atomic_write_bytes(corpus_dir / "documents.jsonl", lines.encode("utf-8"))
-    atomic_write_json(corpus_dir / "manifest.json", {
-        "corpus": spec.name,
-        "package": spec.package,
-        "version": package.version,
-        "license": spec.license,
-        "source": corpus.source,
-        "deb_file": deb.name,
-        "deb_sha256": sha256_file(deb),
-        "text_sha256": sha256_text(corpus.text),
-        "n_documents": len(documents),
-        "n_chars": len(corpus.text),
-        "cleaner_version": CLEANER_VERSION,
-        "split_rule": SPLIT_RULE,
-    })
+    atomic_write_json(
+        corpus_dir / "manifest.json",
+        {
+            "corpus": spec.name,
+            "package": spec.package,
+            "version": package.version,
+            "license": spec.license,
+            "source": corpus.source,
+            "deb_file": deb.name,
+            "deb_sha256": sha256_file(deb),
+            "text_sha256": sha256_text(corpus.text),
+            "n_documents": len(documents),
+            "n_chars": len(corpus.text),
+            "cleaner_version": CLEANER_VERSION,
+            "split_rule": SPLIT_RULE,
+        },
+    )
     return corpus
 
 

@@ -66,8 +66,10 @@ def _entries(bzv: bytes, width: int) -> list[tuple[int, int, int]]:
 
 
 def _fits(entries: list[tuple[int, int, int]], blocks: list[bytes]) -> bool:
-    return all(size == 0 or (block < len(blocks) and offset + size <= len(blocks[block]))
-               for block, offset, size in entries)
+    return all(
+        size == 0 or (block < len(blocks) and offset + size <= len(blocks[block]))
+        for block, offset, size in entries
+    )
 
 
 def read_verse_index(bzv: bytes, blocks: list[bytes], origin: str) -> list[tuple[int, int, int]]:

@@ -60,8 +60,9 @@ def _encode(tokenizer: Any, text: str) -> list[int]:
     return list(encoded["input_ids"])
 
 
-def tokenize(tokenizer: Any, text: str, *, use_cache: bool = True, cache_dir: str | Path | None = None
-             ) -> torch.Tensor:
+def tokenize(
+    tokenizer: Any, text: str, *, use_cache: bool = True, cache_dir: str | Path | None = None
+) -> torch.Tensor:
     """All token ids of ``text`` (no special tokens) as a 1-D LongTensor, cached for large texts."""
     text = _as_text(text)
     if not text.strip():

@@ -54,7 +54,6 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-
 def quantized_modules(model: nn.Module) -> dict[str, QLinear | QEmbedding]:
     return {n: m for n, m in model.named_modules() if isinstance(m, QLinear | QEmbedding)}
 

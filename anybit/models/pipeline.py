@@ -91,7 +91,6 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-
 def _module_prefix(model: nn.Module, target: nn.Module) -> str:
     for name, module in model.named_modules():
         if module is target:
