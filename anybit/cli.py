@@ -251,11 +251,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 # ----- export ---------------------------------------------------------------------------------
-EXPORT_TARGETS = ("hf-dequantized",)
+EXPORT_TARGETS = ("hf-dequantized", "compressed-tensors")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from anybit.io import export_hf_dequantized, load_checkpoint
+    from anybit.io import export_compressed_tensors, export_hf_dequantized, load_checkpoint
 
     if args.to not in EXPORT_TARGETS:
         raise AnybitError(
@@ -264,12 +264,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     if Path(args.out).exists() and not args.force:
         raise AnybitError(f"output directory {args.out} already exists; choose another path or pass --force")
     model, tokenizer, _ = load_checkpoint(args.checkpoint)
-    path, notes = export_hf_dequantized(model, tokenizer, args.out, overwrite=args.force)
+    export = export_compressed_tensors if args.to == "compressed-tensors" else export_hf_dequantized
+    path, notes = export(model, tokenizer, args.out, overwrite=args.force)
     for note in notes:
         _console().print(f"note: {note}")
+    serve = f"; serve it with `vllm serve {path}`" if args.to == "compressed-tensors" else ""
     _console().print(
         f"exported {args.checkpoint} -> {path} ({args.to}); load it with "
-        f"AutoModelForCausalLM.from_pretrained({str(path)!r})"
+        f"AutoModelForCausalLM.from_pretrained({str(path)!r}){serve}"
     )
     return 0
 

@@ -46,3 +46,7 @@ class AlgorithmError(AnybitError, ValueError):
 
 class KernelError(AnybitError, ValueError):
     """An unsupported kernel/format pair, a shape mismatch or a bad buffer."""
+
+
+class ExportError(AnybitError, ValueError):
+    """A model or scheme that the chosen export format cannot express."""

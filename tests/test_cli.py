@@ -67,6 +67,15 @@ def test_quantize_eval_inspect_export(workspace: dict[str, Path], capsys: pytest
     assert main(["export", str(out), "--to", "hf-dequantized", str(exported)]) == 0
     assert (exported / "config.json").is_file()
 
+    pytest.importorskip("compressed_tensors")
+    from transformers import AutoModelForCausalLM
+
+    served = workspace["root"] / "ct"
+    assert main(["export", str(out), "--to", "compressed-tensors", str(served)]) == 0
+    config = json.loads((served / "config.json").read_text())["quantization_config"]
+    assert config["quant_method"] == "compressed-tensors" and config["format"] == "pack-quantized"
+    assert AutoModelForCausalLM.from_pretrained(str(served)) is not None
+
 
 def test_recipe_and_overrides_from_the_command_line(workspace: dict[str, Path]) -> None:
     recipe = workspace["root"] / "recipe.yaml"

@@ -65,3 +65,29 @@ def test_weight_only_result_reproduces_through_hf_dequantized_export(tmp_path: P
     assert result.n_tokens == data["eval_tokens"]
     assert result.ppl == pytest.approx(data["ppl_q"], rel=1e-5)
     assert result.ppl > 1.05 * data["ppl_fp"]  # it carries the quantization error, not float weights
+
+
+@pytest.mark.parametrize(
+    ("weights", "acts", "rel"), [("int4:g64", None, 1e-5), ("int8:channel", "int8:token", 0.01)]
+)
+def test_result_reproduces_through_compressed_tensors_export(
+    weights: str, acts: str | None, rel: float, tmp_path: Path
+) -> None:
+    """The compressed-tensors export, loaded by transformers + compressed-tensors, gives anybit's
+    perplexity: the same for weight-only, within 1% for W8A8 (compressed-tensors' simulated int8
+    activations scale by absmax / 127.5, anybit's by / 127)."""
+    pytest.importorskip("compressed_tensors")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from anybit.data import evaluation_tokens, load_corpus
+    from anybit.eval import perplexity
+
+    data = _quantize(tmp_path, "q", "--weights", weights, *(("--acts", acts) if acts else ()))
+    assert main(["export", str(tmp_path / "q"), "--to", "compressed-tensors", str(tmp_path / "ct")]) == 0
+    model = AutoModelForCausalLM.from_pretrained(str(tmp_path / "ct"), dtype="float32").eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(tmp_path / "ct"))
+    tokens = evaluation_tokens(tokenizer, load_corpus("foldoc").split().evaluation, EVAL_TOKENS, bos=True)
+    result = perplexity(model, tokens, 1024)
+    assert result.n_tokens == data["eval_tokens"]
+    assert result.ppl == pytest.approx(data["ppl_q"], rel=rel)
+    assert result.ppl > 1.002 * data["ppl_fp"]  # it carries the quantization error
