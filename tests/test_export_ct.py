@@ -98,6 +98,28 @@ def test_weight_only_export_loads_in_transformers_with_identical_logits(weights:
         torch.testing.assert_close(theirs[name], expected, rtol=0, atol=0, msg=name)
 
 
+@pytest.mark.parametrize(
+    ("weights", "fmt"), [("nvfp4", "nvfp4-pack-quantized"), ("mxfp4", "mxfp4-pack-quantized")]
+)
+def test_nvfp4_and_mxfp4_export(weights: str, fmt: str, tmp_path: Path) -> None:
+    """FP4 with shared-scale blocks. compressed-tensors decompresses FP4 in bfloat16: MXFP4's
+    power-of-two scales make that exact; NVFP4's scale (E4M3 / global scale, rounded to bfloat16)
+    rounds, so its weights agree to bfloat16 precision. transformers then runs the model in
+    bfloat16, so the logits agree to bfloat16 precision too."""
+    from transformers import AutoModelForCausalLM
+
+    model = _quantized(weights)
+    out, _ = export_compressed_tensors(model, tiny_tokenizer(), tmp_path / "ct")
+    assert json.loads((out / "config.json").read_text())["quantization_config"]["format"] == fmt
+    rtol = 2**-7 if weights == "nvfp4" else 0.0
+    for name, weight in _decompressed(out).items():
+        expected = model.get_submodule(name).dequantized_weight()
+        torch.testing.assert_close(weight, expected, rtol=rtol, atol=0, msg=name)
+    loaded = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.bfloat16).eval()
+    ours = _logits(model)
+    assert (_logits(loaded).float() - ours).abs().max() < 0.03 * ours.abs().max()
+
+
 @pytest.mark.parametrize("weights", ["uint4:g32:asym", "int4:g32:asym", "uint3:channel", "uint2:g32:asym"])
 def test_unsigned_and_zero_point_weights_decompress_exactly(weights: str, tmp_path: Path) -> None:
     """Asymmetric: checked through compressed-tensors' decompressor (transformers 5.23 cannot load
@@ -153,6 +175,7 @@ def test_quantized_lm_head_of_a_tied_model_exports(tmp_path: Path) -> None:
         ("nf4:g32", None, "nf4"),
         ("uint4:g32:asym=float", None, "float offsets"),
         ("int4:g32:dual", None, "dual"),
+        ("fp4_e2m1:g32", None, "use nvfp4"),
         ("int4:g32", "int4:token", "activation format int4"),
     ],
 )

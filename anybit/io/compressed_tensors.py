@@ -12,6 +12,10 @@ is stored in the compressed-tensors layout of its scheme (compressed-tensors 0.2
   the same way along dim 0 (``[ceil(N * b / 32), K/g]``). Dequantization: ``(q - zp) * scale``.
 - ``int-quantized`` (8-bit integer weights with 8-bit integer activations, W8A8): ``weight`` int8.
 - ``float-quantized`` (FP8 E4M3 weights): ``weight`` float8_e4m3fn.
+- ``nvfp4-pack-quantized`` (``nvfp4``: E2M1 codes, E4M3 scales per 16, an fp32 tensor scale) and
+  ``mxfp4-pack-quantized`` (``mxfp4``: E8M0 scales per 32): ``weight_packed`` uint8, two codes per
+  byte (element ``2i`` in the low nibble), ``weight_scale`` float8_e4m3fn / uint8 exponents, and
+  for NVFP4 ``weight_global_scale`` = 1 / anybit's tensor scale.
 
 Activations: dynamic per-token or per-tensor, or static per-tensor (``input_scale``), 8-bit
 integer or FP8 E4M3, symmetric. Unquantized modules (lm_head by default) are written dense.
@@ -24,11 +28,11 @@ an integer zero point is stored asymmetric, with ``q = level - 2^(b-1)`` and
 ``(q - zp) * scale`` is exactly anybit's dequantized weight.
 
 Refused with the reason (:class:`~anybit.errors.ExportError`): float offsets (``:asym=float``),
-non-integer weight formats other than FP8 E4M3 (NF4, FP4, dINT, BitMoD families: compressed-tensors
-has no codebook format), quantized scales (double-quantized ``dq``, DGQ ``dual``, MX ``e8m0``,
-NVFP4 ``e4m3``: not mapped yet), block granularity, layers that are not ``nn.Linear`` once the
-model is restored (GPT-2's Conv1D), and activation schemes other than the above. Quantized
-embeddings are written dense, with a note.
+non-integer weight formats other than FP8 E4M3 and NVFP4/MXFP4 (NF4, other FP4/FP6 layouts, dINT,
+BitMoD families: compressed-tensors has no codebook format), quantized scales on integer formats
+(double-quantized ``dq``, DGQ ``dual``: not mapped yet), block granularity, layers that are not
+``nn.Linear`` once the model is restored (GPT-2's Conv1D), and activation schemes other than the
+above. Quantized embeddings are written dense, with a note.
 
 Verified (``tests/test_export_ct.py``, and on smollm2 in ``tests/test_real_model.py``):
 - compressed-tensors' own decompressor rebuilds anybit's dequantized weights bit for bit. With
@@ -108,7 +112,7 @@ def _check_scales(q: QTensor, where: str) -> torch.Tensor:
     if isinstance(q.scales, QTensor) or q.scales.dtype not in _SCALE_DTYPES:
         raise ExportError(
             f"{where}: scale={q.scheme.scale_format} (quantized scales: double-quantized dq, DGQ dual, "
-            "MX e8m0, NVFP4 e4m3) "
+            "MX e8m0 and NVFP4 e4m3 only with fp4_e2m1) "
             "has no compressed-tensors mapping in anybit yet; use scale=fp32, fp16 or bf16"
         )
     return q.scales
@@ -150,6 +154,8 @@ def _weight_entry(q: QTensor, has_int8_acts: bool, where: str) -> _Module:
             "points are integers; quantize with an integer zero point (e.g. uint4:g128:asym)"
         )
     fmt = get_format(scheme.format)
+    if scheme.format == "fp4_e2m1":
+        return _fp4_entry(q, where)
     if scheme.format != "fp8_e4m3" and not fmt.is_uniform_integer:
         raise ExportError(
             f"{where}: weight format {scheme.format} has no compressed-tensors form (it stores integer "
@@ -196,6 +202,48 @@ def _weight_entry(q: QTensor, has_int8_acts: bool, where: str) -> _Module:
             tensors["weight_zero_point"] = packed_zero.t().contiguous()
     args = _args(bits, "int", zero is None, False, **strategy)
     return _Module(args, None, fmt_name, tensors)
+
+
+def pack_fp4_rows(codes: torch.Tensor) -> torch.Tensor:
+    """E2M1 codes (sign in bit 3) ``[rows, cols]`` -> uint8 ``[rows, cols/2]``, element ``2i`` in the
+    low nibble (compressed-tensors' NVFP4/MXFP4 packing)."""
+    pairs = codes.to(torch.uint8).reshape(codes.shape[0], -1, 2)
+    return (pairs[..., 0] | (pairs[..., 1] << 4)).contiguous()
+
+
+def _fp4_entry(q: QTensor, where: str) -> _Module:
+    """NVFP4 (E2M1, E4M3 scales per 16 x an fp32 tensor scale) and MXFP4 (E2M1, E8M0 scales per 32).
+
+    anybit's FP4 and FP8 codes are the standard bit patterns, so they are stored as they are. NVFP4's
+    tensor scale t is stored as compressed-tensors' ``weight_global_scale`` = 1 / t (its weights
+    are ``fp4 * weight_scale / weight_global_scale``; equal to anybit's ``fp4 * e4m3 * t`` within an
+    ulp of float32)."""
+    scheme, k = q.scheme, q.shape[1]
+    group = scheme.granularity.group_size if scheme.granularity.kind == "group" else None
+    if k % 2:
+        raise ExportError(f"{where}: FP4 packs two codes per byte and needs an even in_features, not {k}")
+    packed = pack_fp4_rows(q.codes)
+    if scheme.scale_format == "e4m3" and group == 16 and isinstance(q.scales, QTensor):
+        tensor_scale = q.scales.scales.float().reshape(-1)
+        if tensor_scale.numel() != 1 or q.scales.scales.dtype != torch.float32:
+            raise ExportError(f"{where}: NVFP4 needs one fp32 tensor scale over its E4M3 block scales")
+        tensors = {
+            "weight_packed": packed,
+            "weight_scale": q.scales.codes.view(torch.float8_e4m3fn).contiguous(),
+            "weight_global_scale": (1.0 / tensor_scale).contiguous(),
+        }
+        args = _args(4, "float", True, False, strategy="tensor_group", group_size=16)
+        return _Module(args, None, "nvfp4-pack-quantized", tensors)
+    if scheme.scale_format == "e8m0" and group == 32 and not isinstance(q.scales, QTensor):
+        exponents = q.scales.view(torch.uint8).contiguous()  # E8M0 = the biased exponent
+        args = _args(4, "float", True, False, strategy="group", group_size=32)
+        return _Module(
+            args, None, "mxfp4-pack-quantized", {"weight_packed": packed, "weight_scale": exponents}
+        )
+    raise ExportError(
+        f"{where}: fp4_e2m1 with scale={scheme.scale_format} per {group or scheme.granularity.kind} has no "
+        "compressed-tensors form; use nvfp4 (fp4_e2m1:g16:scale=e4m3) or mxfp4 (fp4_e2m1:g32:scale=e8m0)"
+    )
 
 
 def _activation_args(module: QLinear, where: str) -> tuple[dict[str, Any] | None, dict[str, torch.Tensor]]:
