@@ -251,7 +251,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 # ----- export ---------------------------------------------------------------------------------
-EXPORT_TARGETS = ("hf-dequantized", "compressed-tensors")
+EXPORT_TARGETS = ("hf-dequantized", "compressed-tensors", "gguf")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -263,16 +263,20 @@ def cmd_export(args: argparse.Namespace) -> int:
         )
     if Path(args.out).exists() and not args.force:
         raise AnybitError(f"output directory {args.out} already exists; choose another path or pass --force")
-    model, tokenizer, _ = load_checkpoint(args.checkpoint)
-    export = export_compressed_tensors if args.to == "compressed-tensors" else export_hf_dequantized
-    path, notes = export(model, tokenizer, args.out, overwrite=args.force)
+    model, tokenizer, header = load_checkpoint(args.checkpoint)
+    if args.to == "gguf":
+        from anybit.io.gguf_export import export_gguf
+
+        path, notes = export_gguf(model, header.get("source"), args.out, overwrite=args.force)
+        how = f"run it with `llama-cli -m {path}`"
+    else:
+        export = export_compressed_tensors if args.to == "compressed-tensors" else export_hf_dequantized
+        path, notes = export(model, tokenizer, args.out, overwrite=args.force)
+        how = f"load it with AutoModelForCausalLM.from_pretrained({str(path)!r})"
+        how += f"; serve it with `vllm serve {path}`" if args.to == "compressed-tensors" else ""
     for note in notes:
         _console().print(f"note: {note}")
-    serve = f"; serve it with `vllm serve {path}`" if args.to == "compressed-tensors" else ""
-    _console().print(
-        f"exported {args.checkpoint} -> {path} ({args.to}); load it with "
-        f"AutoModelForCausalLM.from_pretrained({str(path)!r}){serve}"
-    )
+    _console().print(f"exported {args.checkpoint} -> {path} ({args.to}); {how}")
     return 0
 
 
@@ -414,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser("export", help="export a checkpoint for other tools")
     x.add_argument("checkpoint")
     x.add_argument("--to", required=True, help=f"target: {', '.join(EXPORT_TARGETS)}")
-    x.add_argument("out", help="output directory")
+    x.add_argument("out", help="output directory (a .gguf file for --to gguf)")
     x.add_argument("--force", action="store_true")
     x.set_defaults(func=cmd_export)
 

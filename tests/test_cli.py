@@ -67,6 +67,11 @@ def test_quantize_eval_inspect_export(workspace: dict[str, Path], capsys: pytest
     assert main(["export", str(out), "--to", "hf-dequantized", str(exported)]) == 0
     assert (exported / "config.json").is_file()
 
+    # GGUF needs a GGUF source (this tiny model is a Hugging Face directory): a clear refusal
+    assert main(["export", str(out), "--to", "gguf", str(workspace["root"] / "m.gguf")]) != 0
+    assert "convert_hf_to_gguf" in capsys.readouterr().err
+    assert not (workspace["root"] / "m.gguf").exists()
+
     pytest.importorskip("compressed_tensors")
     from transformers import AutoModelForCausalLM
 

@@ -91,3 +91,29 @@ def test_result_reproduces_through_compressed_tensors_export(
     assert result.n_tokens == data["eval_tokens"]
     assert result.ppl == pytest.approx(data["ppl_q"], rel=rel)
     assert result.ppl > 1.002 * data["ppl_fp"]  # it carries the quantization error
+
+
+@pytest.mark.parametrize(
+    ("weights", "qtype"), [("int4:g32:scale=fp16", "Q4_0"), ("uint5:g32:asym=float:scale=fp16", "Q5_1")]
+)
+def test_result_reproduces_through_gguf_export(weights: str, qtype: str, tmp_path: Path) -> None:
+    """The GGUF export of a smollm2 result, loaded by transformers' GGUF reader (gguf-py's
+    dequantizer), gives anybit's perplexity exactly; untouched tensors keep their source type."""
+    import gguf
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from anybit.data import evaluation_tokens, load_corpus
+    from anybit.eval import perplexity
+
+    data = _quantize(tmp_path, "q", "--weights", weights)
+    assert main(["export", str(tmp_path / "q"), "--to", "gguf", str(tmp_path / "q.gguf")]) == 0
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(str(tmp_path / "q.gguf")).tensors}
+    assert types["blk.0.attn_q.weight"] == types["blk.29.ffn_down.weight"] == qtype
+    assert types["token_embd.weight"] == "Q8_0" and types["blk.0.attn_norm.weight"] == "F32"
+    model = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file="q.gguf", dtype="float32").eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(tmp_path), gguf_file="q.gguf")
+    tokens = evaluation_tokens(tokenizer, load_corpus("foldoc").split().evaluation, EVAL_TOKENS, bos=True)
+    result = perplexity(model, tokens, 1024)
+    assert result.n_tokens == data["eval_tokens"]
+    assert result.ppl == pytest.approx(data["ppl_q"], rel=1e-6)
+    assert result.ppl > 1.002 * data["ppl_fp"]
