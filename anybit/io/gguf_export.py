@@ -27,7 +27,8 @@ models: export ``hf-dequantized``, then convert. Architectures: llama-family (th
 
 Refused with the reason (:class:`~anybit.errors.ExportError`): any other scheme (K-quants and
 IQ types need super-block scales anybit does not produce, and fp32 scales or other groups are not a
-GGUF block), non-GGUF sources, and other architectures.
+GGUF block), tensors the source does not have (biases added by bias correction), non-GGUF
+sources, and other architectures.
 
 Verified (``tests/test_export_gguf.py``): gguf-py's dequantizer rebuilds anybit's weights bit for
 bit, and transformers loads the file with the same logits as the anybit model.
@@ -215,6 +216,12 @@ def export_gguf(
         written[gguf_name] = (tensor.numpy(), gguf.GGMLQuantizationType.F32)
     if config.tie_word_embeddings:
         written.pop("output.weight", None)  # tied: llama.cpp reads the head from token_embd.weight
+    new = sorted(n for n in written if n not in source_tensors and n != "output.weight")
+    if new:  # e.g. biases added by bias correction (AdaQuant): not part of the source's layout
+        raise ExportError(
+            f"the model has tensors its GGUF source has not ({', '.join(new[:4])}); GGUF export keeps the "
+            "source's layout, so quantize without bias correction, or export compressed-tensors"
+        )
     elif "output.weight" not in source_tensors:
         notes.append("lm_head is written as output.weight (the source tied it to token_embd.weight)")
 
