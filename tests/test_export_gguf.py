@@ -23,6 +23,7 @@ SCHEMES = {
     "int5:g32:scale=fp16": ("Q5_0", 22),
     "uint5:g32:asym=float:scale=fp16": ("Q5_1", 24),
     "int8:g32:scale=fp16": ("Q8_0", 34),
+    "mxfp4": ("MXFP4", 17),
 }
 
 

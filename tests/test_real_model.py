@@ -94,7 +94,8 @@ def test_result_reproduces_through_compressed_tensors_export(
 
 
 @pytest.mark.parametrize(
-    ("weights", "qtype"), [("int4:g32:scale=fp16", "Q4_0"), ("uint5:g32:asym=float:scale=fp16", "Q5_1")]
+    ("weights", "qtype"),
+    [("int4:g32:scale=fp16", "Q4_0"), ("uint5:g32:asym=float:scale=fp16", "Q5_1"), ("mxfp4", "MXFP4")],
 )
 def test_result_reproduces_through_gguf_export(weights: str, qtype: str, tmp_path: Path) -> None:
     """The GGUF export of a smollm2 result, loaded by transformers' GGUF reader (gguf-py's

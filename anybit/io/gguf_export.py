@@ -11,8 +11,10 @@ tokenizer, chat template), where every quantized linear whose scheme is one of l
 | ``int5:g32:scale=fp16`` | Q5_0 | d, 4 B high bits, 16 B (22) | d * (n - 16) |
 | ``uint5:g32:asym=float:scale=fp16`` | Q5_1 | d, m, 4 B high bits, 16 B (24) | d * n + m |
 | ``int8:g32:scale=fp16`` | Q8_0 | d f16, 32 x int8 (34) | d * q |
+| ``mxfp4`` (``fp4_e2m1:g32:scale=e8m0``) | MXFP4 | E8M0 e, 16 B nibbles (17) | 2^(e-127) * e2m1 |
 
-Nibble order within a block: byte ``j`` holds element ``j`` (low nibble) and ``j + 16`` (high);
+Nibble order within a block (all 4-bit types): byte ``j`` holds element ``j`` (low nibble) and
+``j + 16`` (high);
 Q5's 32 high bits are one little-endian uint32, bit ``j`` for element ``j``.
 
 Tensors anybit did not change (norms, the embedding, an unquantized head) are copied from the source
@@ -26,9 +28,9 @@ llama.cpp's ``convert_hf_to_gguf.py`` does per architecture. That script is the 
 models: export ``hf-dequantized``, then convert. Architectures: llama-family (the default model).
 
 Refused with the reason (:class:`~anybit.errors.ExportError`): any other scheme (K-quants and
-IQ types need super-block scales anybit does not produce, and fp32 scales or other groups are not a
-GGUF block), tensors the source does not have (biases added by bias correction), non-GGUF
-sources, and other architectures.
+IQ types need super-block scales anybit does not produce; llama.cpp's NVFP4 has no tensor scale;
+fp32 scales or other groups are not a GGUF block), tensors the source does not have (biases
+added by bias correction), non-GGUF sources, and other architectures.
 
 Verified (``tests/test_export_gguf.py``): gguf-py's dequantizer rebuilds anybit's weights bit for
 bit, and transformers loads the file with the same logits as the anybit model.
@@ -63,7 +65,7 @@ _BLOCK_TYPES: dict[tuple[str, str], tuple[str, int]] = {
 }
 SUPPORTED = (
     "int4:g32:scale=fp16 (Q4_0), uint4:g32:asym=float:scale=fp16 (Q4_1), int5:g32:scale=fp16 (Q5_0), "
-    "uint5:g32:asym=float:scale=fp16 (Q5_1), int8:g32:scale=fp16 (Q8_0)"
+    "uint5:g32:asym=float:scale=fp16 (Q5_1), int8:g32:scale=fp16 (Q8_0), mxfp4 (MXFP4)"
 )
 
 
@@ -72,6 +74,8 @@ def block_type(q: QTensor, where: str) -> str:
     scheme = q.scheme
     entry = _BLOCK_TYPES.get((scheme.format, scheme.zero_point))
     group = scheme.granularity.group_size if scheme.granularity.kind == "group" else None
+    if scheme.format == "fp4_e2m1" and scheme.scale_format == "e8m0" and group == BLOCK:
+        return "MXFP4"
     fp16_scales = not isinstance(q.scales, QTensor) and q.scales.dtype == torch.float16
     if entry is None or group != BLOCK or not fp16_scales:
         raise ExportError(f"{where}: {scheme} is not a GGUF block type; GGUF export takes {SUPPORTED}")
@@ -81,8 +85,13 @@ def block_type(q: QTensor, where: str) -> str:
 def encode_blocks(q: QTensor, where: str) -> tuple[str, np.ndarray]:
     """(GGUF type name, uint8 ``[N, K/32 * block bytes]``): the weight in llama.cpp's block layout."""
     name = block_type(q, where)
-    offset = _BLOCK_TYPES[(q.scheme.format, q.scheme.zero_point)][1]
     n_rows, k = q.shape
+    if name == "MXFP4":  # E8M0 byte, then the E2M1 codes (anybit's codes are the bit patterns)
+        codes = q.codes.reshape(n_rows, k // BLOCK, BLOCK)
+        exponents = q.scales.reshape(n_rows, -1, 1).contiguous().view(torch.uint8)
+        nibbles = (codes[..., :16] | (codes[..., 16:] << 4)).to(torch.uint8)
+        return name, torch.cat([exponents, nibbles], dim=-1).reshape(n_rows, -1).numpy()
+    offset = _BLOCK_TYPES[(q.scheme.format, q.scheme.zero_point)][1]
     levels = get_format(q.scheme.format).decode(q.codes, torch.float64).round().to(torch.int64)
     n = (levels + offset).reshape(n_rows, k // BLOCK, BLOCK)  # [rows, blocks, 32]
     parts = [q.scales.reshape(n_rows, -1, 1).contiguous().view(torch.uint8)]  # d: fp16, 2 bytes
