@@ -156,6 +156,36 @@ def test_w8a8_and_w4a8_export_activation_config(weights: str, fmt: str, tmp_path
         torch.testing.assert_close(weight, model.get_submodule(name).dequantized_weight(), rtol=0, atol=0)
 
 
+def test_static_activation_scales_are_exported(tmp_path: Path) -> None:
+    """Calibrated static per-tensor int8 activations: ``input_scale`` per layer, same logits."""
+    from transformers import AutoModelForCausalLM
+
+    model = _quantized("int8:channel", "int8:tensor:static")
+    out, _ = export_compressed_tensors(model, tiny_tokenizer(), tmp_path / "ct")
+    (group,) = json.loads((out / "config.json").read_text())["quantization_config"]["config_groups"].values()
+    assert (
+        group["input_activations"]["dynamic"] is False and group["input_activations"]["strategy"] == "tensor"
+    )
+    scale = load_file(str(out / "model.safetensors"))["model.layers.0.self_attn.q_proj.input_scale"]
+    assert torch.equal(
+        scale, model.get_submodule("model.layers.0.self_attn.q_proj").act_quant.scale.reshape(1)
+    )
+    loaded = AutoModelForCausalLM.from_pretrained(str(out)).eval()
+    torch.testing.assert_close(_logits(loaded), _logits(model), rtol=0, atol=1e-5)
+
+
+def test_quantized_embeddings_are_written_dense_with_a_note(tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    model = _quantized("int4:g32", embeddings=True)
+    out, notes = export_compressed_tensors(model, tiny_tokenizer(), tmp_path / "ct")
+    assert notes == [
+        "model.embed_tokens: quantized embedding written dense (compressed-tensors quantizes linears)"
+    ]
+    loaded = AutoModelForCausalLM.from_pretrained(str(out)).eval()
+    torch.testing.assert_close(_logits(loaded), _logits(model), rtol=0, atol=1e-5)
+
+
 def test_quantized_lm_head_of_a_tied_model_exports(tmp_path: Path) -> None:
     """The pipeline unties a quantized head from the embedding; the export keeps it untied."""
     from transformers import AutoModelForCausalLM
