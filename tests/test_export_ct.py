@@ -46,11 +46,15 @@ def _decompressed(directory: Path) -> dict[str, torch.Tensor]:
         json.loads((directory / "config.json").read_text())["quantization_config"]
     )
     tensors = load_file(str(directory / "model.safetensors"))
+    quantized = sorted(k.removesuffix(".weight_scale") for k in tensors if k.endswith(".weight_scale"))
     weights = {}
     for group in config.config_groups.values():
         compressor = BaseCompressor.load_from_registry(group.format)
-        for target in group.targets:
-            name = re.sub(r"\\(.)", r"\1", target.removeprefix("re:^").removesuffix("$"))
+        if group.targets == ["Linear"]:  # every linear but the ignored ones
+            names = [n for n in quantized if n not in config.ignore]
+        else:
+            names = [re.sub(r"\\(.)", r"\1", t.removeprefix("re:^").removesuffix("$")) for t in group.targets]
+        for name in names:
             local = {k[len(name) + 1 :]: v for k, v in tensors.items() if k.startswith(name + ".")}
             weights[name] = compressor.decompress(local, group)["weight"].float()
     return weights
@@ -154,6 +158,29 @@ def test_w8a8_and_w4a8_export_activation_config(weights: str, fmt: str, tmp_path
     assert (ours - theirs).abs().max() < 0.03 * ours.abs().max()
     for name, weight in _decompressed(out).items():
         torch.testing.assert_close(weight, model.get_submodule(name).dequantized_weight(), rtol=0, atol=0)
+
+
+def test_config_groups_one_scheme_targets_linear_and_overrides_target_names(tmp_path: Path) -> None:
+    """One scheme: ``targets: [Linear]`` with the dense head in ``ignore`` (as llm-compressor writes
+    it); per-layer overrides: one group per scheme, targets by exact name."""
+    from transformers import AutoModelForCausalLM
+
+    from anybit.recipe import LayerOverride
+
+    out, _ = export_compressed_tensors(_quantized("int4:g32"), tiny_tokenizer(), tmp_path / "one")
+    config = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert [g["targets"] for g in config["config_groups"].values()] == [["Linear"]]
+    assert config["ignore"] == ["lm_head"]
+
+    override = (LayerOverride(pattern="down_proj$", weights="int8:channel"),)
+    model = _quantized("int4:g32", overrides=override)
+    out, _ = export_compressed_tensors(model, tiny_tokenizer(), tmp_path / "two")
+    config = json.loads((out / "config.json").read_text())["quantization_config"]
+    targets = {g["weights"]["num_bits"]: g["targets"] for g in config["config_groups"].values()}
+    assert targets[8] == [r"re:^model\.layers\.0\.mlp\.down_proj$", r"re:^model\.layers\.1\.mlp\.down_proj$"]
+    assert len(targets[4]) == 12 and config["ignore"] == []
+    loaded = AutoModelForCausalLM.from_pretrained(str(out)).eval()
+    torch.testing.assert_close(_logits(loaded), _logits(model), rtol=0, atol=1e-5)
 
 
 def test_static_activation_scales_are_exported(tmp_path: Path) -> None:

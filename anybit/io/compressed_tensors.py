@@ -305,8 +305,13 @@ def plan_modules(model: nn.Module) -> dict[str, _Module]:
     return plan
 
 
-def quantization_config(plan: dict[str, _Module]) -> dict[str, Any]:
-    """The ``quantization_config`` block: one config group per distinct scheme, targets by name."""
+def quantization_config(plan: dict[str, _Module], linear_names: list[str]) -> dict[str, Any]:
+    """The ``quantization_config`` block: one config group per distinct scheme.
+
+    One scheme for every quantized linear (the usual recipe) is written as llm-compressor writes
+    it: ``targets: ["Linear"]`` and the dense linears (``linear_names`` not in ``plan``, e.g.
+    lm_head) in ``ignore``. Several schemes (per-layer overrides) get one group each, whose targets
+    are the exact module names (``re:^name$``)."""
     groups: dict[str, dict[str, Any]] = {}
     for name, entry in plan.items():
         key = json.dumps([entry.weights, entry.input_activations, entry.format], sort_keys=True)
@@ -321,13 +326,18 @@ def quantization_config(plan: dict[str, _Module]) -> dict[str, Any]:
             },
         )
         group["targets"].append("re:^" + re.escape(name) + "$")
+    ignore: list[str] = []
+    if len(groups) == 1:
+        (group,) = groups.values()
+        group["targets"] = ["Linear"]
+        ignore = [name for name in linear_names if name not in plan]
     formats = {entry.format for entry in plan.values()}
     return {
         "quant_method": "compressed-tensors",
         "format": formats.pop() if len(formats) == 1 else "mixed-precision",
         "quantization_status": "compressed",
         "config_groups": {f"group_{i}": group for i, group in enumerate(groups.values())},
-        "ignore": [],
+        "ignore": ignore,
         "kv_cache_scheme": None,
         "global_compression_ratio": None,
         "version": CT_VERSION,
@@ -374,7 +384,8 @@ def export_compressed_tensors(
         dense.save_pretrained(str(tmp), state_dict=state, safe_serialization=True)
         config_path = Path(tmp) / "config.json"
         config = json.loads(config_path.read_text())
-        config["quantization_config"] = quantization_config(plan)
+        linears = [name for name, module in dense.named_modules() if isinstance(module, nn.Linear)]
+        config["quantization_config"] = quantization_config(plan, linears)
         config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
