@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,6 +21,20 @@ def _quantize(tmp: Path, name: str, *extra: str) -> dict:
             "--out", str(tmp / name), "--json", str(report), "--quiet", *extra]  # fmt: skip
     assert main(args) == 0
     return json.loads(report.read_text())
+
+
+def _reloaded_perplexity(directory: Path, **load: str) -> Any:
+    """Perplexity of an export as an outside tool sees it: loaded by transformers (``load``: e.g.
+    ``gguf_file``), on the same FOLDOC tokens as ``anybit quantize`` evaluates."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from anybit.data import evaluation_tokens, load_corpus
+    from anybit.eval import perplexity
+
+    model = AutoModelForCausalLM.from_pretrained(str(directory), dtype="float32", **load).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(directory), **load)
+    tokens = evaluation_tokens(tokenizer, load_corpus("foldoc").split().evaluation, EVAL_TOKENS, bos=True)
+    return perplexity(model, tokens, 1024)
 
 
 def test_w8_is_nearly_lossless_and_w4_is_not(tmp_path: Path) -> None:
@@ -51,17 +66,9 @@ def test_checkpoint_reproduces_perplexity_and_exports(tmp_path: Path) -> None:
 
 def test_weight_only_result_reproduces_through_hf_dequantized_export(tmp_path: Path) -> None:
     """An outside evaluator gets the same perplexity from the exported plain-transformers model."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from anybit.data import evaluation_tokens, load_corpus
-    from anybit.eval import perplexity
-
     data = _quantize(tmp_path, "w3", "--weights", "int3:g64:asym")
     assert main(["export", str(tmp_path / "w3"), "--to", "hf-dequantized", str(tmp_path / "hf")]) == 0
-    model = AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"), torch_dtype="float32").eval()
-    tokenizer = AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
-    tokens = evaluation_tokens(tokenizer, load_corpus("foldoc").split().evaluation, EVAL_TOKENS, bos=True)
-    result = perplexity(model, tokens, 1024)
+    result = _reloaded_perplexity(tmp_path / "hf")
     assert result.n_tokens == data["eval_tokens"]
     assert result.ppl == pytest.approx(data["ppl_q"], rel=1e-5)
     assert result.ppl > 1.05 * data["ppl_fp"]  # it carries the quantization error, not float weights
@@ -77,17 +84,9 @@ def test_result_reproduces_through_compressed_tensors_export(
     perplexity: the same for weight-only, within 1% for W8A8 (compressed-tensors' simulated int8
     activations scale by absmax / 127.5, anybit's by / 127)."""
     pytest.importorskip("compressed_tensors")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from anybit.data import evaluation_tokens, load_corpus
-    from anybit.eval import perplexity
-
     data = _quantize(tmp_path, "q", "--weights", weights, *(("--acts", acts) if acts else ()))
     assert main(["export", str(tmp_path / "q"), "--to", "compressed-tensors", str(tmp_path / "ct")]) == 0
-    model = AutoModelForCausalLM.from_pretrained(str(tmp_path / "ct"), dtype="float32").eval()
-    tokenizer = AutoTokenizer.from_pretrained(str(tmp_path / "ct"))
-    tokens = evaluation_tokens(tokenizer, load_corpus("foldoc").split().evaluation, EVAL_TOKENS, bos=True)
-    result = perplexity(model, tokens, 1024)
+    result = _reloaded_perplexity(tmp_path / "ct")
     assert result.n_tokens == data["eval_tokens"]
     assert result.ppl == pytest.approx(data["ppl_q"], rel=rel)
     assert result.ppl > 1.002 * data["ppl_fp"]  # it carries the quantization error
@@ -101,20 +100,13 @@ def test_result_reproduces_through_gguf_export(weights: str, qtype: str, tmp_pat
     """The GGUF export of a smollm2 result, loaded by transformers' GGUF reader (gguf-py's
     dequantizer), gives anybit's perplexity exactly; untouched tensors keep their source type."""
     import gguf
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from anybit.data import evaluation_tokens, load_corpus
-    from anybit.eval import perplexity
 
     data = _quantize(tmp_path, "q", "--weights", weights)
     assert main(["export", str(tmp_path / "q"), "--to", "gguf", str(tmp_path / "q.gguf")]) == 0
     types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(str(tmp_path / "q.gguf")).tensors}
     assert types["blk.0.attn_q.weight"] == types["blk.29.ffn_down.weight"] == qtype
     assert types["token_embd.weight"] == "Q8_0" and types["blk.0.attn_norm.weight"] == "F32"
-    model = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file="q.gguf", dtype="float32").eval()
-    tokenizer = AutoTokenizer.from_pretrained(str(tmp_path), gguf_file="q.gguf")
-    tokens = evaluation_tokens(tokenizer, load_corpus("foldoc").split().evaluation, EVAL_TOKENS, bos=True)
-    result = perplexity(model, tokens, 1024)
+    result = _reloaded_perplexity(tmp_path, gguf_file="q.gguf")
     assert result.n_tokens == data["eval_tokens"]
     assert result.ppl == pytest.approx(data["ppl_q"], rel=1e-6)
     assert result.ppl > 1.002 * data["ppl_fp"]
