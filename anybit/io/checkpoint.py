@@ -301,6 +301,26 @@ def _declare_biases(model: nn.Module) -> list[str]:
     return notes
 
 
+def dense_copy(model: nn.Module) -> tuple[nn.Module, list[str]]:
+    """A deep copy of ``model`` as plain transformers knows it: every ``QLinear``/``QEmbedding``
+    replaced by its dequantized ``nn.Linear``/``nn.Embedding``, the adapter's layout restored, the
+    biases bias correction added declared in the config (their notes returned), and the source's
+    quantizer metadata (a GGUF load's ``hf_quantizer``/``quantization_config``) dropped. Both
+    exports start from it."""
+    from anybit.models.adapters import get_adapter
+
+    dense = copy.deepcopy(model)
+    for name, module in quantized_modules(dense).items():
+        set_module(dense, name, module.to_linear() if isinstance(module, QLinear) else module.to_embedding())
+    get_adapter(dense).restore(dense)
+    notes = _declare_biases(dense)
+    if hasattr(dense, "hf_quantizer"):
+        dense.hf_quantizer = None
+    if hasattr(dense.config, "quantization_config"):
+        delattr(dense.config, "quantization_config")
+    return dense, notes
+
+
 def export_hf_dequantized(
     model: nn.Module, tokenizer: Any, directory: str | Path, *, overwrite: bool = False
 ) -> tuple[Path, list[str]]:
@@ -308,23 +328,11 @@ def export_hf_dequantized(
 
     Activation quantization cannot be expressed there and is dropped (returned as a note).
     """
-    from anybit.models.adapters import get_adapter
-
     notes: list[str] = []
-    exported = copy.deepcopy(model)
-    for name, module in quantized_modules(exported).items():
-        if isinstance(module, QLinear):
-            if module.act_quant is not None and "activation" not in " ".join(notes):
-                notes.append("activation quantization is not part of a dequantized export (weights only)")
-            set_module(exported, name, module.to_linear())
-        else:
-            set_module(exported, name, module.to_embedding())
-    get_adapter(exported).restore(exported)
-    notes += _declare_biases(exported)
-    if hasattr(exported, "hf_quantizer"):
-        exported.hf_quantizer = None
-    if hasattr(exported.config, "quantization_config"):
-        delattr(exported.config, "quantization_config")
+    if any(isinstance(m, QLinear) and m.act_quant is not None for m in quantized_modules(model).values()):
+        notes.append("activation quantization is not part of a dequantized export (weights only)")
+    exported, bias_notes = dense_copy(model)
+    notes += bias_notes
     with atomic_directory(directory, overwrite=overwrite) as tmp:
         exported.save_pretrained(str(tmp), safe_serialization=True)
         if tokenizer is not None:

@@ -49,7 +49,6 @@ Verified (``tests/test_export_ct.py``, and on smollm2 in ``tests/test_real_model
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import re
@@ -349,21 +348,17 @@ def export_compressed_tensors(
 ) -> tuple[Path, list[str]]:
     """Write ``model`` (anybit-quantized, simulated or packed with codes kept) as a
     compressed-tensors checkpoint (module docstring); returns the directory and notes."""
-    from anybit.io.checkpoint import _declare_biases
-    from anybit.models.adapters import get_adapter, set_module
+    from anybit.io.checkpoint import dense_copy
 
     plan = plan_modules(model)
     if not plan:
         raise ExportError("the model has no quantized linear layers; nothing to export as compressed-tensors")
-    notes: list[str] = []
-    dense = copy.deepcopy(model)
-    for name, module in quantized_modules(dense).items():
-        if isinstance(module, QLinear):
-            set_module(dense, name, module.to_linear())
-        elif isinstance(module, QEmbedding):
-            notes.append(f"{name}: quantized embedding written dense (compressed-tensors quantizes linears)")
-            set_module(dense, name, module.to_embedding())
-    get_adapter(dense).restore(dense)
+    notes = [
+        f"{name}: quantized embedding written dense (compressed-tensors quantizes linears)"
+        for name, module in quantized_modules(model).items()
+        if isinstance(module, QEmbedding)
+    ]
+    dense, bias_notes = dense_copy(model)
     not_linear = [f"{name} ({type(dense.get_submodule(name)).__name__})" for name in plan
                   if not isinstance(dense.get_submodule(name), nn.Linear)]  # fmt: skip
     if not_linear:
@@ -371,11 +366,7 @@ def export_compressed_tensors(
             "compressed-tensors quantizes nn.Linear layers; this architecture stores these as other "
             f"modules (GPT-2's Conv1D): {', '.join(not_linear[:4])}; export hf-dequantized instead"
         )
-    notes += _declare_biases(dense)
-    if hasattr(dense, "hf_quantizer"):
-        dense.hf_quantizer = None
-    if hasattr(dense.config, "quantization_config"):
-        delattr(dense.config, "quantization_config")
+    notes += bias_notes
     state = dense.state_dict()
     for name, entry in plan.items():
         state.pop(f"{name}.weight")

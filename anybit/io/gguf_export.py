@@ -166,21 +166,22 @@ def export_gguf(
         raise ExportError(
             f"GGUF export supports the {', '.join(ARCHITECTURES)} architecture; the source is {arch}"
         )
-    plan = {
-        name: module
-        for name, module in quantized_modules(model).items()
-        if isinstance(module, QLinear) and module.qweight is not None
-    }
+    plan: dict[str, QLinear] = {}
     problems = []
-    for name, module in plan.items():
+    for name, module in quantized_modules(model).items():
+        if not isinstance(module, QLinear):
+            continue
+        if module.qweight is None:
+            problems.append(
+                f"{name}: packed without its codes (pack(keep_qtensor=False)); reload the checkpoint"
+            )
+            continue
         try:
-            block_type(module.qweight, name)  # type: ignore[arg-type]
+            block_type(module.qweight, name)
         except ExportError as err:
             problems.append(str(err))
-    if len(plan) != len([m for m in quantized_modules(model).values() if isinstance(m, QLinear)]):
-        problems.append(
-            "some layers are packed without their codes (pack(keep_qtensor=False)); reload the checkpoint"
-        )
+            continue
+        plan[name] = module
     if problems:
         raise ExportError("cannot export to GGUF:\n  " + "\n  ".join(problems[:8]))
 
